@@ -1,0 +1,32 @@
+"""pulsar_arbiter: a multiprocess, actor-style server runtime with the pulsar API."""
+
+from .events import AbstractEvent, Event, EventHandler, OneTime
+from .mixins import FlowControl, Timeout
+from .protocols import (
+    Connection,
+    DatagramProtocol,
+    Producer,
+    Protocol,
+    ProtocolConsumer,
+    PulsarProtocol,
+)
+from .servers import DatagramServer, TcpServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractEvent",
+    "Connection",
+    "DatagramProtocol",
+    "DatagramServer",
+    "Event",
+    "EventHandler",
+    "FlowControl",
+    "OneTime",
+    "Producer",
+    "Protocol",
+    "ProtocolConsumer",
+    "PulsarProtocol",
+    "TcpServer",
+    "Timeout",
+]

@@ -1,0 +1,19 @@
+"""The built-in echo consumer: the app served when none is given.
+
+Each chunk of bytes received is one request, written back as it came; on a datagram
+endpoint each datagram is answered to its sender.
+"""
+
+from __future__ import annotations
+
+from .protocols import ProtocolConsumer
+
+__all__ = ["Echo"]
+
+
+class Echo(ProtocolConsumer):
+    """Answer every chunk of bytes with the same bytes."""
+
+    def data_received(self, data: bytes) -> None:
+        self.write(data)
+        self.finished()

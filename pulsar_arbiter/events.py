@@ -1,0 +1,270 @@
+"""One-time and many-times events: the hooks of every protocol, consumer and server.
+
+Events are created lazily, on first bind or fire, because most objects that declare them
+(one consumer per request) never have a callback bound: firing an event nobody listens to
+must cost a dictionary lookup and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
+
+__all__ = ["AbstractEvent", "Event", "EventHandler", "OneTime"]
+
+LOGGER = logging.getLogger("pulsar_arbiter.events")
+
+Callback = Callable[..., Any]
+
+# Tasks started by coroutine callbacks: asyncio keeps only weak references to tasks, so a
+# callback's task would otherwise be garbage collected mid-flight.
+_background_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _call(name: str, callback: Callback, arg: Any, kw: dict[str, Any]) -> None:
+    """Call one callback; its failure is logged and never reaches the other callbacks."""
+    try:
+        result = callback(arg, **kw)
+    except Exception:
+        LOGGER.exception("callback %r of event %r failed", callback, name)
+        return
+    if result is not None and asyncio.iscoroutine(result):
+        task = asyncio.ensure_future(result)
+        _background_tasks.add(task)
+        task.add_done_callback(_task_done(name, callback))
+
+
+def _task_done(name: str, callback: Callback) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        _background_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            LOGGER.error(
+                "coroutine callback %r of event %r failed",
+                callback,
+                name,
+                exc_info=task.exception(),
+            )
+
+    return done
+
+
+class AbstractEvent:
+    """What one-time and many-times events share: a name and an ordered list of callbacks."""
+
+    __slots__ = ("_handlers", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._handlers: list[Callback] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    @property
+    def handlers(self) -> tuple[Callback, ...]:
+        return tuple(self._handlers)
+
+    def bind(self, callback: Callback) -> None:
+        self._handlers.append(callback)
+
+    def unbind(self, callback: Callback) -> bool:
+        """Remove every binding of ``callback``; True when there was one."""
+        before = len(self._handlers)
+        self._handlers = [h for h in self._handlers if h != callback]
+        return len(self._handlers) != before
+
+    def fire(self, arg: Any, **kw: Any) -> bool:
+        raise NotImplementedError
+
+    def fired(self) -> bool:
+        raise NotImplementedError
+
+
+class Event(AbstractEvent):
+    """A many-times event: every fire calls every callback, in binding order."""
+
+    __slots__ = ()
+
+    def fire(self, arg: Any, **kw: Any) -> bool:
+        for callback in tuple(self._handlers):
+            _call(self.name, callback, arg, kw)
+        return True
+
+    def fired(self) -> bool:
+        return False
+
+
+class OneTime(AbstractEvent):
+    """An event that fires at most once and can be awaited.
+
+    Awaiting it returns the argument it fired with, or raises the ``exc`` keyword it fired
+    with. A callback bound after it fired runs at once with that same argument. A second
+    fire is ignored: callbacks never run twice.
+    """
+
+    __slots__ = ("_arg", "_fired", "_kw", "_waiter")
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._fired = False
+        self._arg: Any = None
+        self._kw: dict[str, Any] = {}
+        self._waiter: asyncio.Future[Any] | None = None
+
+    def fired(self) -> bool:
+        return self._fired
+
+    @property
+    def result(self) -> Any:
+        """The argument the event fired with (None before it fired)."""
+        return self._arg
+
+    @property
+    def exception(self) -> BaseException | None:
+        exc = self._kw.get("exc")
+        return exc if isinstance(exc, BaseException) else None
+
+    def bind(self, callback: Callback) -> None:
+        if self._fired:
+            _call(self.name, callback, self._arg, self._kw)
+        else:
+            self._handlers.append(callback)
+
+    def fire(self, arg: Any, **kw: Any) -> bool:
+        if self._fired:
+            return False
+        self._fired = True
+        self._arg = arg
+        self._kw = kw
+        handlers, self._handlers = self._handlers, []
+        for callback in handlers:
+            _call(self.name, callback, arg, kw)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._resolve(waiter)
+        return True
+
+    def _resolve(self, waiter: asyncio.Future[Any]) -> None:
+        exc = self.exception
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(self._arg)
+
+    def waiter(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
+        """A future resolved when the event fires (already resolved if it has)."""
+        if self._waiter is None:
+            self._waiter = (loop or asyncio.get_running_loop()).create_future()
+            if self._fired:
+                self._resolve(self._waiter)
+        return self._waiter
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.waiter().__await__()
+
+
+class EventHandler:
+    """Declares events by name and fires them.
+
+    Subclasses list their events in ``ONE_TIME_EVENTS`` and ``MANY_TIMES_EVENTS``;
+    instances may add more with the constructor arguments. Callbacks receive
+    ``(arg, **kw)`` where ``arg`` defaults to the object that fired the event.
+    """
+
+    ONE_TIME_EVENTS: tuple[str, ...] = ()
+    MANY_TIMES_EVENTS: tuple[str, ...] = ()
+
+    _one_time_names: frozenset[str] = frozenset()
+    _many_times_names: frozenset[str] = frozenset()
+    _events: dict[str, AbstractEvent] | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._one_time_names = frozenset(cls.ONE_TIME_EVENTS)
+        cls._many_times_names = frozenset(cls.MANY_TIMES_EVENTS)
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        one_time_events: Iterable[str] | None = None,
+        many_times_events: Iterable[str] | None = None,
+    ) -> None:
+        self._loop = loop
+        if one_time_events:
+            self._one_time_names = self._one_time_names | frozenset(one_time_events)
+        if many_times_events:
+            self._many_times_names = self._many_times_names | frozenset(many_times_events)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop: the one given, else the running loop."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def events(self) -> dict[str, AbstractEvent]:
+        """Every declared event, created on demand."""
+        names = self._one_time_names | self._many_times_names
+        return {name: self.event(name) for name in sorted(names)}
+
+    def event(self, name: str) -> AbstractEvent:
+        """The event called ``name``; one-time events are awaitable."""
+        events = self._events
+        if events is None:
+            events = self._events = {}
+        ev = events.get(name)
+        if ev is None:
+            if name in self._one_time_names:
+                ev = OneTime(name)
+            elif name in self._many_times_names:
+                ev = Event(name)
+            else:
+                raise KeyError(f"{type(self).__name__} has no event {name!r}")
+            events[name] = ev
+        return ev
+
+    def bind_event(self, name: str, callback: Callback) -> None:
+        """Bind ``callback`` to event ``name``; it is called as ``callback(arg, **kw)``."""
+        if not callable(callback):
+            raise TypeError(f"callback for event {name!r} is not callable: {callback!r}")
+        self.event(name).bind(callback)
+
+    def remove_callback(self, name: str, callback: Callback) -> bool:
+        """Unbind ``callback`` from event ``name``; True when it was bound."""
+        events = self._events
+        ev = events.get(name) if events is not None else None
+        return ev.unbind(callback) if ev is not None else False
+
+    def fire_event(self, name: str, arg: Any = None, **kw: Any) -> bool:
+        """Fire event ``name``; False when a one-time event had already fired.
+
+        With no callbacks bound on a many-times event this returns at once.
+        """
+        events = self._events
+        if events is not None:
+            ev = events.get(name)
+            if ev is not None:
+                return ev.fire(self if arg is None else arg, **kw)
+        if name in self._many_times_names:
+            return True
+        return self.event(name).fire(self if arg is None else arg, **kw)
+
+    def has_fired(self, name: str) -> bool:
+        """True once the one-time event ``name`` has fired."""
+        events = self._events
+        ev = events.get(name) if events is not None else None
+        return ev is not None and ev.fired()
+
+    def copy_many_times_events(self, other: EventHandler) -> None:
+        """Bind here the many-times callbacks of ``other``, for events both declare."""
+        for name, ev in (other._events or {}).items():
+            if name in other._many_times_names and ev._handlers and self._declares(name):
+                target = self.event(name)
+                for callback in ev._handlers:
+                    target.bind(callback)
+
+    def _declares(self, name: str) -> bool:
+        return name in self._one_time_names or name in self._many_times_names

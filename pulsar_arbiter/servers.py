@@ -1,0 +1,291 @@
+"""TcpServer and DatagramServer: producers that serve listening sockets.
+
+Both serve sockets handed to them already bound (as the arbiter does, the workers inherit
+them) or bind an address themselves. ``close()`` is graceful: stop accepting, let requests
+in flight finish within a grace period, close idle connections at once, abort the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .protocols import Connection, DatagramProtocol, Producer, ProtocolFactory, PulsarProtocol
+
+__all__ = ["DatagramServer", "TcpServer"]
+
+# Seconds a graceful close waits for requests in flight when no grace is given.
+DEFAULT_GRACE = 30.0
+
+
+def _sock_address(sock: socket.socket) -> Any:
+    name = sock.getsockname()
+    return name if name else None
+
+
+def _split_address(address: Any) -> tuple[str | None, int | None, str | None]:
+    """(host, port, unix path) from a ``(host, port)`` tuple, ``"host:port"`` or a path."""
+    if isinstance(address, tuple):
+        return address[0], int(address[1]), None
+    if isinstance(address, str):
+        if address.startswith("unix:"):
+            return None, None, address[5:]
+        if address.startswith("/") or address.startswith("."):
+            return None, None, address
+        host, _, port = address.rpartition(":")
+        return host.strip("[]") or None, int(port), None
+    raise ValueError(f"cannot serve address {address!r}: give (host, port), 'host:port' or a path")
+
+
+class _Server(Producer):
+    """What both servers share: sockets, start/stop events, uptime, stats."""
+
+    ONE_TIME_EVENTS: tuple[str, ...] = ("start", "stop", "max_requests")
+
+    def __init__(
+        self,
+        protocol_factory: ProtocolFactory,
+        loop: asyncio.AbstractEventLoop | None = None,
+        address: Any = None,
+        name: str | None = None,
+        sockets: Iterable[socket.socket] | None = None,
+        max_requests: int | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(loop, protocol_factory, name, max_requests, logger)
+        self._given_address = address
+        self._sockets: list[Any] = list(sockets) if sockets else []
+        self._started_at: float | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self.graceful_timeout = DEFAULT_GRACE
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self._sockets)
+
+    @property
+    def address(self) -> Any:
+        """The first socket's address (what was asked for until the server started)."""
+        if self._sockets:
+            return _sock_address(self._sockets[0])
+        return self._given_address
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` has begun: connections are being drained."""
+        return self._closing is not None
+
+    draining = closing
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_at if self._started_at is not None else 0.0
+
+    def _started(self) -> None:
+        self._started_at = time.monotonic()
+        self.fire_event("start")
+
+
+class TcpServer(_Server):
+    """Serve stream connections (TCP or Unix) with ``protocol_factory``.
+
+    ``keep_alive`` is the idle timeout, in seconds, of its connections.
+    """
+
+    def __init__(
+        self,
+        protocol_factory: ProtocolFactory,
+        loop: asyncio.AbstractEventLoop | None = None,
+        address: Any = None,
+        name: str | None = None,
+        sockets: Iterable[socket.socket] | None = None,
+        max_requests: int | None = None,
+        keep_alive: float | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(protocol_factory, loop, address, name, sockets, max_requests, logger)
+        self.keep_alive = keep_alive
+        self._servers: list[Any] = []
+        self._connections: set[PulsarProtocol] = set()
+
+    @property
+    def connections(self) -> frozenset[PulsarProtocol]:
+        """The live connections."""
+        return frozenset(self._connections)
+
+    async def start_serving(
+        self, backlog: int = 100, sslcontext: ssl.SSLContext | None = None
+    ) -> None:
+        """Serve the given sockets, or bind the address; fires ``start``."""
+        if self._servers:
+            raise RuntimeError(f"{self!r} is already serving")
+        loop = self.loop
+        if self._sockets:
+            for sock in self._sockets:
+                server = await loop.create_server(
+                    self.create_protocol, sock=sock, backlog=backlog, ssl=sslcontext
+                )
+                self._servers.append(server)
+        else:
+            if self._given_address is None:
+                raise RuntimeError(f"{self!r} has neither sockets nor an address to serve")
+            host, port, path = _split_address(self._given_address)
+            if path is not None:
+                bound = await loop.create_unix_server(
+                    self.create_protocol, path, backlog=backlog, ssl=sslcontext
+                )
+            else:
+                bound = await loop.create_server(
+                    self.create_protocol, host, port or 0, backlog=backlog, ssl=sslcontext
+                )
+            self._servers.append(bound)
+            # Socket-like views (asyncio TransportSocket, uvloop PseudoSocket).
+            self._sockets.extend(bound.sockets)
+        self._started()
+        self.logger.info("%s serving on %s", self.name, self.address)
+
+    def _protocol_made(self, protocol: PulsarProtocol) -> None:
+        self._connections.add(protocol)
+        if self._closing is not None and isinstance(protocol, Connection):
+            # Accepted just before we stopped listening: serve its first request only.
+            protocol.close_after_request()
+        super()._protocol_made(protocol)
+
+    def _protocol_lost(self, protocol: PulsarProtocol, exc: BaseException | None) -> None:
+        self._connections.discard(protocol)
+        super()._protocol_lost(protocol, exc)
+
+    def stop_accepting(self) -> None:
+        """Stop listening; the other processes sharing the sockets keep accepting."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, drain requests in flight for ``grace`` seconds, then abort.
+
+        Idle connections are closed at once; a connection with a request in progress is
+        closed when that request ends. Fires ``stop``. Safe to call more than once.
+        """
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closing = self.loop.create_future()
+        try:
+            await self._drain(self.graceful_timeout if grace is None else grace)
+        finally:
+            self._closing.set_result(None)
+            self.fire_event("stop")
+
+    async def _drain(self, grace: float) -> None:
+        self.stop_accepting()
+        for protocol in list(self._connections):
+            if isinstance(protocol, Connection):
+                protocol.close_after_request()
+            else:
+                protocol.close()
+        if not await self._wait_connections(grace):
+            for protocol in list(self._connections):
+                protocol.abort()
+            await self._wait_connections(1.0)
+
+    async def _wait_connections(self, timeout: float) -> bool:
+        waiters = [p.event("connection_lost").waiter() for p in self._connections]  # type: ignore[attr-defined]
+        if not waiters:
+            return True
+        done, pending = await asyncio.wait(waiters, timeout=timeout)
+        for waiter in done:
+            waiter.exception() if not waiter.cancelled() else None
+        return not pending
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": str(self.address),
+            "uptime": self.uptime,
+            "sessions": self.sessions,
+            "connections": len(self._connections),
+            "requests": self.requests_processed,
+            "max_requests": self.max_requests,
+            "keep_alive": self.keep_alive,
+        }
+
+
+class DatagramServer(_Server):
+    """Serve datagram sockets with ``protocol_factory``: one datagram, one request."""
+
+    def __init__(
+        self,
+        protocol_factory: ProtocolFactory,
+        loop: asyncio.AbstractEventLoop | None = None,
+        address: Any = None,
+        name: str | None = None,
+        sockets: Iterable[socket.socket] | None = None,
+        max_requests: int | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(protocol_factory, loop, address, name, sockets, max_requests, logger)
+        self.endpoints: list[asyncio.DatagramTransport] = []
+        self._protocols: list[PulsarProtocol] = []
+
+    async def create_endpoint(self, **kw: Any) -> None:
+        """Open a datagram endpoint per socket (or on the address); fires ``start``."""
+        if self.endpoints:
+            raise RuntimeError(f"{self!r} already has endpoints")
+        loop = self.loop
+        if self._sockets:
+            targets: list[dict[str, Any]] = [{"sock": sock} for sock in self._sockets]
+        elif self._given_address is not None:
+            host, port, _ = _split_address(self._given_address)
+            targets = [{"local_addr": (host, port)}]
+        else:
+            raise RuntimeError(f"{self!r} has neither sockets nor an address to serve")
+        for target in targets:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: self.create_protocol(**kw), **target
+            )
+            self.endpoints.append(transport)
+            self._protocols.append(protocol)
+            if "local_addr" in target:
+                self._sockets.append(transport.get_extra_info("socket"))
+        self._started()
+        self.logger.info("%s serving datagrams on %s", self.name, self.address)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every endpoint; fires ``stop``. Datagrams answer at once: no drain."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closing = self.loop.create_future()
+        try:
+            waiters = [p.event("connection_lost") for p in self._protocols]
+            for transport in self.endpoints:
+                transport.close()
+            if waiters:
+                await asyncio.wait([w.waiter() for w in waiters], timeout=1.0)  # type: ignore[attr-defined]
+        finally:
+            self._closing.set_result(None)
+            self.fire_event("stop")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": str(self.address),
+            "uptime": self.uptime,
+            "requests": self.requests_processed,
+            "max_requests": self.max_requests,
+        }
+
+
+def datagram_protocol_factory(consumer_factory: Any) -> ProtocolFactory:
+    """The protocol factory serving ``consumer_factory`` on datagram endpoints."""
+
+    def factory(**kw: Any) -> DatagramProtocol:
+        return DatagramProtocol(consumer_factory, **kw)
+
+    return factory

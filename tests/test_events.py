@@ -1,0 +1,177 @@
+"""The event machinery, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from pulsar_arbiter import EventHandler, OneTime
+from tests.conftest import Runner
+
+
+class Thing(EventHandler):
+    ONE_TIME_EVENTS = ("start", "stop")
+    MANY_TIMES_EVENTS = ("tick",)
+
+
+def recorder() -> tuple[list[tuple[Any, dict[str, Any]]], Any]:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def callback(arg: Any, **kw: Any) -> None:
+        calls.append((arg, kw))
+
+    return calls, callback
+
+
+def test_many_times_event_calls_every_callback_each_fire() -> None:
+    thing = Thing()
+    calls, callback = recorder()
+    thing.bind_event("tick", callback)
+    thing.fire_event("tick")
+    thing.fire_event("tick", 5, extra=1)
+    assert calls == [(thing, {}), (5, {"extra": 1})]
+
+
+def test_arg_defaults_to_sender() -> None:
+    thing = Thing()
+    calls, callback = recorder()
+    thing.bind_event("start", callback)
+    thing.fire_event("start")
+    assert calls == [(thing, {})]
+
+
+def test_one_time_fires_once() -> None:
+    thing = Thing()
+    calls, callback = recorder()
+    thing.bind_event("start", callback)
+    assert thing.fire_event("start", 1) is True
+    assert thing.fire_event("start", 2) is False
+    assert calls == [(1, {})]
+    assert thing.has_fired("start")
+    assert not thing.has_fired("stop")
+
+
+def test_callback_bound_after_fire_runs_at_once() -> None:
+    thing = Thing()
+    thing.fire_event("stop", "done", reason="x")
+    calls, callback = recorder()
+    thing.bind_event("stop", callback)
+    assert calls == [("done", {"reason": "x"})]
+
+
+def test_failing_callback_is_logged_and_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    thing = Thing()
+    calls, callback = recorder()
+
+    def boom(arg: Any, **kw: Any) -> None:
+        raise ValueError("boom")
+
+    thing.bind_event("tick", boom)
+    thing.bind_event("tick", callback)
+    with caplog.at_level(logging.ERROR):
+        thing.fire_event("tick")
+    assert calls == [(thing, {})]
+    assert "boom" in caplog.text
+
+
+def test_remove_callback() -> None:
+    thing = Thing()
+    calls, callback = recorder()
+    thing.bind_event("tick", callback)
+    assert thing.remove_callback("tick", callback)
+    assert not thing.remove_callback("tick", callback)
+    assert not thing.remove_callback("start", callback)
+    thing.fire_event("tick")
+    assert calls == []
+
+
+def test_unknown_event_is_an_error() -> None:
+    thing = Thing()
+    with pytest.raises(KeyError, match="nope"):
+        thing.fire_event("nope")
+    with pytest.raises(KeyError, match="nope"):
+        thing.bind_event("nope", print)
+    with pytest.raises(TypeError):
+        thing.bind_event("tick", "not callable")  # type: ignore[arg-type]
+
+
+def test_instance_may_declare_more_events() -> None:
+    thing = Thing(one_time_events=("ready",), many_times_events=("beat",))
+    calls, callback = recorder()
+    thing.bind_event("beat", callback)
+    thing.fire_event("beat")
+    thing.fire_event("ready")
+    assert thing.has_fired("ready")
+    assert calls == [(thing, {})]
+    assert "ready" not in Thing()._one_time_names
+
+
+def test_firing_with_no_callbacks_creates_no_many_times_event() -> None:
+    thing = Thing()
+    for _ in range(3):
+        thing.fire_event("tick")
+    assert not thing._events
+
+
+def test_copy_many_times_events() -> None:
+    source, target = Thing(), Thing()
+    calls, callback = recorder()
+    source.bind_event("tick", callback)
+    target.copy_many_times_events(source)
+    target.fire_event("tick")
+    assert calls == [(target, {})]
+
+
+def test_one_time_is_awaitable(run: Runner) -> None:
+    async def main() -> None:
+        thing = Thing()
+        asyncio.get_running_loop().call_soon(thing.fire_event, "start", 42)
+        assert await thing.event("start") == 42
+        # Awaiting again, after it fired, resolves at once.
+        assert await thing.event("start") == 42
+
+    run(main())
+
+
+def test_one_time_awaited_raises_its_exc(run: Runner) -> None:
+    async def main() -> None:
+        thing = Thing()
+        thing.fire_event("stop", exc=RuntimeError("failed"))
+        with pytest.raises(RuntimeError, match="failed"):
+            await thing.event("stop")
+
+    run(main())
+
+
+def test_coroutine_callback_runs_as_task(run: Runner) -> None:
+    async def main() -> None:
+        thing = Thing()
+        done = asyncio.get_running_loop().create_future()
+
+        async def callback(arg: Any, **kw: Any) -> None:
+            await asyncio.sleep(0)
+            done.set_result(arg)
+
+        thing.bind_event("start", callback)
+        thing.fire_event("start", "x")
+        assert await asyncio.wait_for(done, 1) == "x"
+
+    run(main())
+
+
+def test_one_time_event_api() -> None:
+    ev = OneTime("x")
+    _, callback = recorder()
+    ev.bind(callback)
+    assert ev.handlers == (callback,)
+    assert not ev.fired()
+    ev.fire(1, exc=ValueError("v"))
+    assert ev.fired()
+    assert ev.result == 1
+    assert isinstance(ev.exception, ValueError)
+    assert ev.handlers == ()
