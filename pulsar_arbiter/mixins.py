@@ -53,7 +53,8 @@ class FlowControl:
     def pause_writing(self) -> None:
         self._writing_paused = True
         transport = self._transport
-        if isinstance(transport, asyncio.ReadTransport) and transport.is_reading():
+        # Duck typing: uvloop's transports are not asyncio.ReadTransport subclasses.
+        if transport is not None and hasattr(transport, "pause_reading") and transport.is_reading():
             transport.pause_reading()
 
     def resume_writing(self) -> None:
@@ -63,7 +64,8 @@ class FlowControl:
             waiter.set_result(None)
         transport = self._transport
         if (
-            isinstance(transport, asyncio.ReadTransport)
+            transport is not None
+            and hasattr(transport, "resume_reading")
             and not transport.is_closing()
             and self._may_resume_reading()
         ):

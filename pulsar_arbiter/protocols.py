@@ -392,7 +392,7 @@ class Connection(Timeout, Protocol):
         transport = self._transport
         if buffered is None or transport is None or transport.is_closing():
             return
-        if not self._writing_paused and isinstance(transport, asyncio.ReadTransport):
+        if not self._writing_paused:
             transport.resume_reading()
         self._process(bytes(buffered))
 

@@ -1,0 +1,94 @@
+"""Turn the APP argument into the protocol factories a worker serves.
+
+APP is ``module:attr`` importable from the current directory. It may be a
+ProtocolConsumer subclass (served through Connection on stream binds, one consumer per
+datagram on UDP binds), a callable returning a protocol factory (full control), or, with
+``--wsgi`` / ``--http``, a WSGI application or a raw HTTP handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .echo import Echo
+from .protocols import Connection, ProtocolConsumer, ProtocolFactory
+from .servers import datagram_protocol_factory
+
+__all__ = ["AppError", "Factories", "build_factories", "import_app"]
+
+DEFAULT_APP = "pulsar_arbiter.echo:Echo"
+
+
+class AppError(Exception):
+    """The APP cannot be imported or served; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Factories:
+    """The protocol factories for stream (TCP, Unix) binds and for datagram binds."""
+
+    stream: ProtocolFactory
+    datagram: ProtocolFactory | None
+    description: str
+
+
+def import_app(reference: str) -> Any:
+    """Import ``module:attr`` (attr may be dotted) from the current directory."""
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise AppError(f"APP must be 'module:attribute', got {reference!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise AppError(
+            f"cannot import {module_name!r} for APP {reference!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AppError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return target
+
+
+def build_factories(cfg: Config, app: Any = None) -> Factories:
+    """The protocol factories serving ``app`` (imported from ``cfg.app`` when not given)."""
+    reference = cfg.app or DEFAULT_APP
+    if app is None:
+        app = Echo if cfg.app is None else import_app(reference)
+    if cfg.wsgi or cfg.http:
+        http = importlib.import_module("pulsar_arbiter.http")
+        kind = "wsgi" if cfg.wsgi else "raw"
+        factory = http.http_protocol_factory(app, kind=kind, threads=cfg.threads)
+        return Factories(factory, None, f"{kind} HTTP app {reference}")
+    if isinstance(app, type) and issubclass(app, ProtocolConsumer):
+        return Factories(
+            functools.partial(Connection, app),
+            datagram_protocol_factory(app),
+            f"consumer {reference}",
+        )
+    if callable(app):
+        try:
+            factory = app()
+        except Exception as exc:
+            raise AppError(
+                f"APP {reference!r} failed building its protocol factory: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not callable(factory):
+            raise AppError(f"APP {reference!r} returned {factory!r}, not a protocol factory")
+        return Factories(factory, factory, f"protocol factory from {reference}")
+    raise AppError(
+        f"APP {reference!r} is {type(app).__name__}: expected a ProtocolConsumer subclass or "
+        "a callable returning a protocol factory (use --wsgi or --http for HTTP apps)"
+    )

@@ -1,0 +1,524 @@
+"""The arbiter: binds the sockets, forks the workers, carries out the supervisor's decisions.
+
+All decisions live in :mod:`pulsar_arbiter.supervision`; this module does the syscalls.
+Signal handlers only record the signal and wake the loop; the loop acts. The arbiter runs
+the stock asyncio loop (never uvloop: a uvloop loop must not exist before a fork) and
+never serves a client itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import multiprocess
+import psutil
+
+from . import ipc
+from .apps import AppError, import_app
+from .config import Config, ConfigError, load_config, unreloadable_changes
+from .control import ControlServer
+from .logs import reopen_log_files, setup_logging
+from .sockets import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
+from .supervision import (
+    EXIT_BOOT_FAILURE,
+    Exit,
+    Kill,
+    Phase,
+    Spawn,
+    Stop,
+    Supervisor,
+    WorkerRecord,
+)
+from .worker import ARBITER_SIGNALS, WorkerSpec, run_worker
+
+__all__ = ["Arbiter"]
+
+LOGGER = logging.getLogger("pulsar_arbiter.arbiter")
+
+# How often the arbiter looks at its workers when nothing wakes it: timeouts are checked
+# at this resolution.
+TICK = 0.25
+# Seconds to wait for a worker's answer to a stats request before using its last beat.
+STATS_TIMEOUT = 1.0
+# Signals the arbiter handles, and what each means.
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
+
+
+class Arbiter:
+    """One arbiter process: ``Arbiter(cfg, argv).run()`` returns the exit status."""
+
+    def __init__(self, cfg: Config, argv: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.argv = list(argv)
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.sockets: list[tuple[BindSpec, socket.socket]] = []
+        self.sup = self._supervisor(cfg)
+        self.channels: dict[int, ipc.Channel] = {}
+        # The arbiter's end of each worker's socketpair, by worker id: closed in every
+        # other child, so a worker sees EOF when the arbiter dies.
+        self.channel_fds: dict[int, int] = {}
+        self.processes: dict[int, Any] = {}
+        self.app: Any = None
+        self.signals: collections.deque[int] = collections.deque()
+        self.dead_requests = 0
+        self.spawned = 0
+        self.control: ControlServer | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._context = multiprocess.get_context("fork")
+
+    @staticmethod
+    def _supervisor(cfg: Config) -> Supervisor:
+        return Supervisor(
+            workers=cfg.workers,
+            timeout=cfg.timeout,
+            boot_timeout=cfg.boot_timeout,
+            graceful_timeout=cfg.graceful_timeout,
+            max_requests=cfg.max_requests,
+            max_requests_jitter=cfg.max_requests_jitter,
+            jitter=lambda n: random.randint(0, n),
+        )
+
+    # -- start and stop -------------------------------------------------------------
+
+    def run(self) -> int:
+        setup_logging(self.cfg)
+        _set_title(f"pulsar_arbiter: arbiter [{self.cfg.name}]")
+        try:
+            self._write_pid_file()
+            self._bind()
+            if self.cfg.preload and self.cfg.app:
+                self.app = import_app(self.cfg.app)
+        except (OSError, AppError, ConfigError) as exc:
+            LOGGER.error("%s", exc)
+            self._close_sockets()
+            self._remove_pid_file()
+            return EXIT_BOOT_FAILURE if isinstance(exc, AppError) else 1
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            return loop.run_until_complete(self._main())
+        finally:
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+            self._close_sockets()
+            self._remove_pid_file()
+
+    def _write_pid_file(self) -> None:
+        path = self.cfg.pid
+        if not path:
+            return
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            with open(path) as file:
+                other = int(file.read().strip() or 0)
+            if other and other != self.pid and psutil.pid_exists(other):
+                raise OSError(
+                    f"pid file {path} names a running process ({other}): already running?"
+                )
+        with open(path, "w") as file:
+            file.write(f"{self.pid}\n")
+
+    def _remove_pid_file(self) -> None:
+        if self.cfg.pid:
+            with contextlib.suppress(OSError):
+                with open(self.cfg.pid) as file:
+                    if int(file.read().strip() or 0) != self.pid:
+                        return
+                os.unlink(self.cfg.pid)
+
+    def _bind(self) -> None:
+        reuse_port = self.cfg.reuse_port
+        for spec in self.cfg.bind:
+            sock = bind_socket(spec, self.cfg.backlog, reuse_port=reuse_port and spec.kind == "tcp")
+            self.sockets.append((spec, sock))
+            LOGGER.info("listening on %s", describe(sock))
+        if reuse_port and tcp_migrate_req_enabled() is False:
+            LOGGER.warning(
+                "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections queued on a "
+                "worker's socket are reset when that worker exits; set it to 1"
+            )
+        app = self.cfg.app or "the built-in echo app (pulsar_arbiter.echo:Echo)"
+        LOGGER.info("arbiter %d serving %s with %d workers", self.pid, app, self.cfg.workers)
+
+    def _close_sockets(self) -> None:
+        for spec, sock in self.sockets:
+            sock.close()
+            if spec.kind == "unix" and spec.path:
+                with contextlib.suppress(OSError):
+                    os.unlink(spec.path)
+        self.sockets = []
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for signum in HANDLED_SIGNALS:
+            loop.add_signal_handler(signum, self._record_signal, signum)
+        try:
+            self.control = ControlServer(self.cfg.control_socket_path, self)
+            await self.control.start()
+        except OSError as exc:
+            LOGGER.warning("control socket disabled: %s", exc)
+            self.control = None
+        while True:
+            self._handle_signals()
+            for action in self.sup.decide(time.monotonic()):
+                if isinstance(action, Exit):
+                    return self._exit(action)
+                self._apply(action)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+
+    def _exit(self, action: Exit) -> int:
+        if action.code:
+            detail = f": {self.sup.last_error}" if self.sup.last_error else ""
+            LOGGER.error("exiting with status %d: %s%s", action.code, action.reason, detail)
+        else:
+            LOGGER.info("arbiter %d exiting: %s", self.pid, action.reason)
+        return action.code
+
+    async def _shutdown(self) -> None:
+        for worker in list(self.sup.workers.values()):
+            if worker.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+        for proc in self.processes.values():
+            proc.join(1.0)
+        for channel in self.channels.values():
+            channel.abort()
+        if self.control is not None:
+            await self.control.close()
+        await asyncio.sleep(0)
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- signals ----------------------------------------------------------------------
+
+    def _record_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        self.wake()
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum != signal.SIGCHLD:
+                LOGGER.info("arbiter got %s", signal.Signals(signum).name)
+            handler = SIGNAL_HANDLERS.get(signum)
+            if handler is not None:
+                handler(self)
+
+    def stop(self, graceful: bool = True) -> None:
+        self.sup.stop(graceful)
+        self.wake()
+
+    def reload(self) -> str:
+        """HUP: reload the settings and roll every worker, one at a time."""
+        if self.argv:
+            try:
+                cfg = load_config(self.argv)
+            except ConfigError as exc:
+                LOGGER.error("reload refused, the settings are invalid: %s", exc)
+                return f"refused: {exc}"
+            for change in unreloadable_changes(self.cfg, cfg):
+                LOGGER.warning("reload: %s needs a restart; keeping the old value", change)
+            cfg = cfg.replace(bind=self.cfg.bind, reuse_port=self.cfg.reuse_port)
+            self.cfg = cfg
+            self._apply_settings(cfg)
+        if self.cfg.preload and self.cfg.app:
+            try:
+                self.app = _reimport(self.cfg.app)
+            except AppError as exc:
+                LOGGER.error("reload refused, the app does not import: %s", exc)
+                return f"refused: {exc}"
+        self.sup.reload()
+        LOGGER.info("reload: rolling to generation %d", self.sup.generation)
+        self.wake()
+        return f"rolling to generation {self.sup.generation}"
+
+    def _apply_settings(self, cfg: Config) -> None:
+        sup = self.sup
+        sup.desired = cfg.workers
+        sup.timeout, sup.boot_timeout = cfg.timeout, cfg.boot_timeout
+        sup.graceful_timeout = cfg.graceful_timeout
+        sup.max_requests, sup.max_requests_jitter = cfg.max_requests, cfg.max_requests_jitter
+
+    def scale(self, workers: int) -> int:
+        self.sup.scale(workers)
+        LOGGER.info("scaling to %d workers", self.sup.desired)
+        self.wake()
+        return self.sup.desired
+
+    def reopen_logs(self) -> None:
+        reopen_log_files()
+        for channel in self.channels.values():
+            channel.send(ipc.command(0, "reopen_logs", {}))
+
+    # -- actions ----------------------------------------------------------------------
+
+    def _apply(self, action: Spawn | Stop | Kill) -> None:
+        if isinstance(action, Spawn):
+            self._spawn(action.worker)
+        elif isinstance(action, Stop):
+            self._stop(action)
+        else:
+            self._kill(action.worker, action.signum, action.reason)
+
+    def _spawn(self, worker: WorkerRecord) -> None:
+        parent_end, child_end = socket.socketpair()
+        spec = WorkerSpec(
+            id=worker.id,
+            generation=worker.generation,
+            cfg=self.cfg,
+            arbiter_pid=self.pid,
+            channel=child_end,
+            sockets=[
+                (bind, None if self.cfg.reuse_port and bind.kind == "tcp" else sock)
+                for bind, sock in self.sockets
+            ],
+            max_requests=worker.max_requests,
+            close_fds=self._fds_to_close_in_child(parent_end),
+            app=self.app,
+        )
+        proc = self._context.Process(
+            target=run_worker, args=(spec,), name=f"worker-{worker.id}", daemon=False
+        )
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ARBITER_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            child_end.close()
+        self.spawned += 1
+        self.processes[worker.id] = proc
+        self.channel_fds[worker.id] = parent_end.fileno()
+        self.sup.spawned(worker.id, proc.pid)
+        LOGGER.info(
+            "spawned worker %d (pid %d, generation %d)", worker.id, proc.pid, worker.generation
+        )
+        loop = asyncio.get_running_loop()
+        loop.add_reader(proc.sentinel, self._reap, worker.id)
+        task = loop.create_task(self._connect(worker.id, parent_end))
+        task.add_done_callback(_log_failure)
+
+    def _fds_to_close_in_child(self, parent_end: socket.socket) -> list[int]:
+        fds = [parent_end.fileno(), *self.channel_fds.values()]
+        if self.control is not None and self.control.fileno is not None:
+            fds.append(self.control.fileno)
+        loop = self._loop
+        selector = getattr(loop, "_selector", None)
+        if selector is not None:
+            fds.append(selector.fileno())
+        for name in ("_ssock", "_csock"):
+            sock = getattr(loop, name, None)
+            if sock is not None:
+                fds.append(sock.fileno())
+        return [fd for fd in fds if fd >= 0]
+
+    async def _connect(self, worker_id: int, parent_end: socket.socket) -> None:
+        def on_message(channel: ipc.Channel, msg: ipc.Message) -> None:
+            self._on_message(worker_id, channel, msg)
+
+        self.channels[worker_id] = await ipc.Channel.connect(parent_end, on_message)
+
+    def _on_message(self, worker_id: int, channel: ipc.Channel, msg: ipc.Message) -> None:
+        kind = msg["type"]
+        now = time.monotonic()
+        worker = self.sup.workers.get(worker_id)
+        if kind == "ready":
+            self.sup.ready(worker_id, now)
+            LOGGER.info("worker %d (pid %s) is ready", worker_id, worker and worker.pid)
+        elif kind == "heartbeat":
+            self.sup.heartbeat(worker_id, msg["stats"], now)
+        elif kind == "retiring":
+            self.sup.retiring(worker_id, msg["reason"])
+            LOGGER.info(
+                "worker %d (pid %s) retiring: %s; starting its replacement",
+                worker_id,
+                worker and worker.pid,
+                msg["reason"],
+            )
+        elif kind == "command" and msg["name"] == "boot_error":
+            self.sup.last_error = str((msg.get("args") or {}).get("error", ""))
+        self.wake()
+
+    def _stop(self, action: Stop) -> None:
+        worker = action.worker
+        LOGGER.info(
+            "stopping worker %d (pid %s): %s%s",
+            worker.id,
+            worker.pid,
+            action.reason,
+            "" if action.graceful else " (fast)",
+        )
+        channel = self.channels.get(worker.id)
+        if channel is None or not channel.send(ipc.stop(action.graceful, action.timeout)):
+            self._kill(worker, signal.SIGTERM, action.reason)
+
+    def _kill(self, worker: WorkerRecord, signum: int, reason: str) -> None:
+        if worker.pid is None:
+            return
+        LOGGER.warning(
+            "killing worker %d (pid %d) with %s: %s",
+            worker.id,
+            worker.pid,
+            signal.Signals(signum).name,
+            reason,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signum)
+
+    def _reap(self, worker_id: int) -> None:
+        proc = self.processes.pop(worker_id, None)
+        if proc is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(proc.sentinel)
+        task = loop.create_task(self._finish_reap(worker_id, proc))
+        task.add_done_callback(_log_failure)
+
+    async def _finish_reap(self, worker_id: int, proc: Any) -> None:
+        self.channel_fds.pop(worker_id, None)
+        channel = self.channels.pop(worker_id, None)
+        if channel is not None:
+            # Read what the worker said last (its final stats) before forgetting it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(channel.closed), 1.0)
+            channel.abort()
+        proc.join(1.0)
+        code = proc.exitcode
+        worker = self.sup.exited(worker_id, code, time.monotonic())
+        if worker is not None:
+            self.dead_requests += int(worker.stats.get("requests", 0))
+            LOGGER.log(
+                logging.INFO if worker.reason else logging.WARNING,
+                "worker %d (pid %s) exited with %s%s",
+                worker_id,
+                worker.pid,
+                _describe_exit(code),
+                f" ({worker.reason})" if worker.reason else " unexpectedly",
+            )
+        self.wake()
+
+    # -- stats ------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        """Per worker and summed: fresh from each worker, at most one heartbeat old."""
+        workers = sorted(self.sup.workers.values(), key=lambda w: w.id)
+        fresh = await asyncio.gather(*(self._worker_stats(w) for w in workers))
+        totals = {
+            "requests": self.dead_requests + sum(int(w.get("requests", 0)) for w in fresh),
+            "connections": sum(int(w.get("connections", 0)) for w in fresh),
+            "workers": len(fresh),
+            "spawned": self.spawned,
+            "recycles": self.sup.recycles,
+            "exited": len(self.sup.dead),
+            "rss": sum(int(w.get("rss", 0)) for w in fresh),
+        }
+        return {
+            "arbiter": {
+                "pid": self.pid,
+                "name": self.cfg.name,
+                "uptime": time.monotonic() - self.started,
+                "generation": self.sup.generation,
+                "desired_workers": self.sup.desired,
+                "phases": self.sup.counts(),
+                "binds": [describe(sock) for _, sock in self.sockets],
+                **_process_usage(self.pid),
+            },
+            "workers": fresh,
+            "totals": totals,
+        }
+
+    async def _worker_stats(self, worker: WorkerRecord) -> dict[str, Any]:
+        stats = dict(worker.stats)
+        channel = self.channels.get(worker.id)
+        if channel is not None and worker.phase in (Phase.READY, Phase.RETIRING):
+            with contextlib.suppress(Exception):
+                stats = dict(await channel.request("stats", timeout=STATS_TIMEOUT))
+        stats.update(
+            id=worker.id,
+            pid=worker.pid,
+            phase=worker.phase.value,
+            generation=worker.generation,
+            age=time.monotonic() - worker.started_at,
+        )
+        stats.setdefault("requests", 0)
+        stats.setdefault("connections", 0)
+        if worker.pid:
+            stats.update(_process_usage(worker.pid))
+        return stats
+
+
+def _process_usage(pid: int) -> dict[str, Any]:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            return {"rss": proc.memory_info().rss, "cpu": times.user + times.system}
+    except psutil.Error:
+        return {"rss": 0, "cpu": 0.0}
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        LOGGER.error("arbiter task failed", exc_info=task.exception())
+
+
+def _set_title(title: str) -> None:
+    with contextlib.suppress(ImportError):
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+
+
+def _reimport(reference: str) -> Any:
+    """Import the app again from disk (HUP with --preload)."""
+    module = reference.partition(":")[0]
+    top = module.split(".")[0]
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    return import_app(reference)
+
+
+SIGNAL_HANDLERS: dict[int, Callable[[Arbiter], Any]] = {
+    signal.SIGTERM: lambda arbiter: arbiter.stop(True),
+    signal.SIGINT: lambda arbiter: arbiter.stop(False),
+    signal.SIGQUIT: lambda arbiter: arbiter.stop(False),
+    signal.SIGHUP: lambda arbiter: arbiter.reload(),
+    signal.SIGTTIN: lambda arbiter: arbiter.scale(arbiter.sup.desired + 1),
+    signal.SIGTTOU: lambda arbiter: arbiter.scale(arbiter.sup.desired - 1),
+    signal.SIGUSR1: lambda arbiter: arbiter.reopen_logs(),
+    signal.SIGCHLD: lambda arbiter: None,  # reaping is driven by each worker's sentinel
+}

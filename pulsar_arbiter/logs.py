@@ -1,0 +1,58 @@
+"""Logging for the arbiter and its workers: one line per event, the pid in every line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .config import Config
+
+__all__ = ["FORMAT", "reopen_log_files", "setup_logging"]
+
+FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+ACCESS_FORMAT = "%(asctime)s [%(process)d] %(message)s"
+_LOGGERS = ("pulsar_arbiter", "pulsar_arbiter.access")
+
+
+def _handler(target: str, fmt: str) -> logging.Handler:
+    handler: logging.Handler
+    if target == "-":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.FileHandler(target, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(fmt))
+    return handler
+
+
+def setup_logging(cfg: Config) -> None:
+    """Send the error log to --error-log and, when set, access lines to --access-log."""
+    main = logging.getLogger("pulsar_arbiter")
+    for handler in list(main.handlers):
+        main.removeHandler(handler)
+        handler.close()
+    main.addHandler(_handler(cfg.error_log or "-", FORMAT))
+    main.setLevel(cfg.log_level.upper())
+    main.propagate = False
+    access = logging.getLogger("pulsar_arbiter.access")
+    for handler in list(access.handlers):
+        access.removeHandler(handler)
+        handler.close()
+    access.propagate = False
+    if cfg.access_log:
+        access.addHandler(_handler(cfg.access_log, ACCESS_FORMAT))
+        access.setLevel(logging.INFO)
+    else:
+        access.setLevel(logging.CRITICAL + 1)
+
+
+def reopen_log_files() -> None:
+    """USR1: reopen every log file (after logrotate moved it away)."""
+    for name in _LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    handler.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()

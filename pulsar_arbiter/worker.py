@@ -1,0 +1,340 @@
+"""What runs inside one worker process, from the fork to the exit.
+
+The child first undoes what it inherited from the arbiter's running loop (the running
+loop marker, signal handlers and wakeup fd, the arbiter's private fds), arms the parent
+death signal, then serves the inherited sockets on a fresh event loop. It beats from
+inside that loop, so a blocked loop stops beating and the arbiter notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ipc
+from .apps import AppError, Factories, build_factories
+from .config import Config
+from .servers import DatagramServer, TcpServer
+from .sockets import BindSpec, bind_socket, describe
+from .supervision import WORKER_BOOT_ERROR
+
+__all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
+
+LOGGER = logging.getLogger("pulsar_arbiter.worker")
+
+# Signals the arbiter handles: reset to their defaults in the child before unblocking.
+ARBITER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+    signal.SIGWINCH,
+)
+# Signals a worker ignores: a Ctrl-C or a job-control signal sent to the whole process
+# group must not stop workers behind the arbiter's back; the arbiter drives them.
+IGNORED_IN_WORKER = (
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+PR_SET_PDEATHSIG = 1
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """Beat four times per timeout, at most every 5 s and at least every 0.1 s."""
+    return max(0.1, min(timeout / 4.0, 5.0))
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, prepared by the arbiter before the fork."""
+
+    id: int
+    generation: int
+    cfg: Config
+    arbiter_pid: int
+    channel: socket.socket
+    sockets: list[tuple[BindSpec, socket.socket | None]]
+    max_requests: int = 0
+    close_fds: list[int] = field(default_factory=list)
+    app: Any = None  # the imported app with --preload
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Ask Linux to signal us when the arbiter dies (tied to the forking thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def reset_after_fork(spec: WorkerSpec) -> None:
+    """Undo the arbiter's loop and signal state in the freshly forked child."""
+    asyncio.events._set_running_loop(None)
+    asyncio.set_event_loop_policy(None)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for signum in ARBITER_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    for signum in IGNORED_IN_WORKER:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for fd in spec.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != spec.arbiter_pid:  # the arbiter died before prctl took effect
+        os._exit(0)
+
+
+def _drop_privileges(cfg: Config) -> None:
+    if cfg.group is not None and os.getegid() != cfg.group:
+        os.setgid(cfg.group)
+    if cfg.user is not None and os.geteuid() != cfg.user:
+        os.setuid(cfg.user)
+
+
+def _set_title(cfg: Config) -> None:
+    with contextlib.suppress(ImportError):
+        import setproctitle
+
+        setproctitle.setproctitle(f"pulsar_arbiter: worker [{cfg.name}]")
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """The child process's entry point: serve until told to stop, then exit."""
+    reset_after_fork(spec)
+    _set_title(spec.cfg)
+    try:
+        _drop_privileges(spec.cfg)
+    except OSError as exc:
+        LOGGER.error("cannot switch user/group: %s", exc)
+        sys.exit(WORKER_BOOT_ERROR)
+    loop = new_loop(spec.cfg.loop)
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(Worker(spec, loop).main())
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    sys.exit(code)
+
+
+class Worker:
+    """One worker's servers, heartbeat and IPC."""
+
+    def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
+        self.spec = spec
+        self.cfg = spec.cfg
+        self.loop = loop
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.servers: list[TcpServer | DatagramServer] = []
+        self.channel: ipc.Channel | None = None
+        self._stop: asyncio.Future[tuple[bool, float]] = loop.create_future()
+        self._beat: asyncio.TimerHandle | None = None
+        self._retiring = False
+
+    async def main(self) -> int:
+        self.channel = await ipc.Channel.connect(self.spec.channel, self._on_message, self.loop)
+        self.loop.add_signal_handler(signal.SIGTERM, self.stop, True, None)
+        self.channel.closed.add_done_callback(self._arbiter_gone)
+        try:
+            factories = build_factories(self.cfg, self.spec.app)
+            await self._start_servers(factories)
+        except (AppError, OSError, ImportError, ssl.SSLError) as exc:
+            LOGGER.error("worker failed to boot: %s", exc)
+            await self._close_servers(0)
+            return WORKER_BOOT_ERROR
+        except Exception:
+            LOGGER.exception("worker failed to boot")
+            await self._close_servers(0)
+            return WORKER_BOOT_ERROR
+        self.channel.send(ipc.ready(self.pid))
+        LOGGER.info("worker %d ready (%s)", self.pid, factories.description)
+        self._schedule_beat()
+        graceful, timeout = await self._stop
+        await self._close_servers(timeout if graceful else 0.0)
+        if self._beat is not None:
+            self._beat.cancel()
+        if not self.channel.is_closing:
+            self.channel.send(ipc.heartbeat(self.stats()))
+            self.channel.close()
+        LOGGER.info("worker %d exiting after %d requests", self.pid, self.requests)
+        return 0
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def _start_servers(self, factories: Factories) -> None:
+        cfg = self.cfg
+        sslcontext = _ssl_context(cfg)
+        for bind, sock in self.spec.sockets:
+            if sock is None:  # --reuse-port: this worker's own socket
+                sock = bind_socket(bind, cfg.backlog, reuse_port=True)
+            if bind.kind == "udp":
+                if factories.datagram is None:
+                    raise AppError(f"{factories.description} cannot serve datagrams on {bind}")
+                dgram = DatagramServer(
+                    factories.datagram,
+                    self.loop,
+                    name=describe(sock),
+                    sockets=[sock],
+                    max_requests=self.spec.max_requests,
+                    logger=LOGGER,
+                )
+                self._watch(dgram)
+                await dgram.create_endpoint()
+                self.servers.append(dgram)
+            else:
+                server = TcpServer(
+                    factories.stream,
+                    self.loop,
+                    name=describe(sock),
+                    sockets=[sock],
+                    max_requests=self.spec.max_requests,
+                    keep_alive=cfg.keep_alive,
+                    logger=LOGGER,
+                )
+                server.graceful_timeout = cfg.graceful_timeout
+                self._watch(server)
+                await server.start_serving(backlog=cfg.backlog, sslcontext=sslcontext)
+                self.servers.append(server)
+
+    def _watch(self, server: TcpServer | DatagramServer) -> None:
+        server.bind_event("max_requests", self._max_requests)
+        if self.cfg.access_log:
+            server.bind_event("post_request", _access_log)
+
+    async def _close_servers(self, grace: float) -> None:
+        if self.servers:
+            await asyncio.gather(*(s.close(grace) for s in self.servers), return_exceptions=True)
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests_processed for s in self.servers)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "id": self.spec.id,
+            "generation": self.spec.generation,
+            "age": time.monotonic() - self.started,
+            "requests": self.requests,
+            "connections": sum(
+                len(s.connections) for s in self.servers if isinstance(s, TcpServer)
+            ),
+            "sessions": sum(s.sessions for s in self.servers),
+            "max_requests": self.spec.max_requests,
+            "retiring": self._retiring,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _max_requests(self, server: Any, **kw: Any) -> None:
+        if not self._retiring and self.channel is not None:
+            self._retiring = True
+            LOGGER.info(
+                "worker %d reached %d requests: asking to be replaced",
+                self.pid,
+                self.spec.max_requests,
+            )
+            self.channel.send(ipc.retiring("max_requests"))
+
+    def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
+        if not self._stop.done():
+            grace = self.cfg.graceful_timeout if timeout is None else timeout
+            for server in self.servers:  # stop accepting at once, drain after
+                if isinstance(server, TcpServer):
+                    server.stop_accepting()
+            self._stop.set_result((graceful, grace))
+
+    def _arbiter_gone(self, _: Any) -> None:
+        if not self._stop.done():
+            LOGGER.warning("worker %d: the arbiter is gone, stopping", self.pid)
+            self.stop(True, None)
+
+    def _schedule_beat(self) -> None:
+        self._beat = self.loop.call_later(heartbeat_interval(self.cfg.timeout), self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if os.getppid() != self.spec.arbiter_pid:
+            self._arbiter_gone(None)
+            return
+        if self.channel is not None and not self.channel.is_closing:
+            self.channel.send(ipc.heartbeat(self.stats()))
+        self._schedule_beat()
+
+    def _on_message(self, channel: ipc.Channel, msg: ipc.Message) -> None:
+        kind = msg["type"]
+        if kind == "stop":
+            self.stop(bool(msg.get("graceful", True)), msg.get("timeout"))
+        elif kind == "command":
+            handler = COMMANDS.get(msg["name"])
+            if handler is None:
+                channel.send(ipc.reply(msg["id"], error=f"unknown command {msg['name']!r}"))
+            else:
+                channel.send(ipc.reply(msg["id"], handler(self, msg.get("args") or {})))
+
+
+def _stats_command(worker: Worker, args: dict[str, Any]) -> Any:
+    return worker.stats()
+
+
+def _reopen_logs_command(worker: Worker, args: dict[str, Any]) -> Any:
+    from .logs import reopen_log_files
+
+    reopen_log_files()
+    return True
+
+
+COMMANDS: dict[str, Callable[[Worker, dict[str, Any]], Any]] = {
+    "stats": _stats_command,
+    "ping": lambda worker, args: "pong",
+    "reopen_logs": _reopen_logs_command,
+}
+
+ACCESS_LOGGER = logging.getLogger("pulsar_arbiter.access")
+
+
+def _access_log(consumer: Any, exc: BaseException | None = None, **kw: Any) -> None:
+    line = getattr(consumer, "access_line", None)
+    text = line() if callable(line) else type(consumer).__name__
+    ACCESS_LOGGER.info("%s %s%s", consumer.address, text, f" error={exc!r}" if exc else "")
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cfg.certfile, cfg.keyfile)
+    return context

@@ -1,0 +1,472 @@
+"""IPC framing (pure, with property tests) and the Channel over real socketpairs, on
+both asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pulsar_arbiter import ipc
+from pulsar_arbiter.ipc import (
+    MAX_FRAME,
+    Channel,
+    ChannelClosed,
+    CommandError,
+    FrameDecoder,
+    Message,
+    ProtocolError,
+    encode,
+)
+
+T = TypeVar("T")
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+# -- encode ----------------------------------------------------------------------------
+
+
+def test_encode_is_length_prefixed_compact_json() -> None:
+    data = encode(ipc.heartbeat({"requests": 3, "name": "é"}))
+    payload = '{"type":"heartbeat","stats":{"requests":3,"name":"é"}}'.encode()
+    assert data == struct.pack(">I", len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        ipc.ready(123),
+        ipc.heartbeat({"requests": 1, "rss": 1.5, "nested": {"a": [1, None]}}),
+        ipc.retiring("max_requests"),
+        ipc.stop(),
+        ipc.stop(graceful=False, timeout=2.5),
+        ipc.command(0, "stats"),
+        ipc.command(7, "scale", {"n": 3}),
+        ipc.reply(7, {"ok": True}),
+        ipc.reply(8, None, error="unknown command 'x'"),
+        {"type": "ready", "pid": 1, "extra": "fields are allowed"},
+    ],
+)
+def test_constructors_round_trip(msg: Message) -> None:
+    assert FrameDecoder().feed(encode(msg)) == [msg]
+
+
+@pytest.mark.parametrize(
+    ("msg", "fragment"),
+    [
+        ({"type": "hello"}, "unknown message type 'hello'"),
+        ({"pid": 1}, "unknown message type None"),
+        ({"type": "ready"}, "ready: missing field 'pid'"),
+        (ipc.command(True, "x"), "'id' must be an integer >= 0"),
+        (ipc.command(-1, "x"), "'id' must be an integer >= 0"),
+        (ipc.stop(timeout=float("inf")), "'timeout' must be a number >= 0 or null"),
+        (ipc.heartbeat({"load": float("nan")}), "not JSON compliant"),
+        (ipc.heartbeat({"when": object()}), "not JSON serializable"),
+        (ipc.retiring("\ud800"), "surrogates not allowed"),
+        (ipc.heartbeat({"blob": "x" * MAX_FRAME}), "IPC message too large"),
+    ],
+)
+def test_encode_rejects_our_own_bad_messages(msg: Message, fragment: str) -> None:
+    with pytest.raises(ValueError, match="IPC message") as info:
+        encode(msg)
+    assert fragment in str(info.value)
+
+
+# -- FrameDecoder ----------------------------------------------------------------------
+
+
+def test_decoder_several_frames_in_one_chunk() -> None:
+    msgs = [ipc.ready(1), ipc.heartbeat({}), ipc.retiring("max_requests")]
+    assert FrameDecoder().feed(b"".join(map(encode, msgs))) == msgs
+
+
+def test_decoder_byte_by_byte() -> None:
+    data = encode(ipc.command(1, "stats")) + encode(ipc.reply(1, [1, 2]))
+    decoder = FrameDecoder()
+    out: list[Message] = []
+    for i in range(len(data)):
+        out += decoder.feed(data[i : i + 1])
+        if i < len(data) - 1:
+            assert decoder.buffered > 0 or out
+    assert out == [ipc.command(1, "stats"), ipc.reply(1, [1, 2])]
+    assert decoder.buffered == 0
+
+
+def test_decoder_rejects_oversize_frame_from_its_header() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError, match=f"frame of {MAX_FRAME + 1} bytes exceeds"):
+        decoder.feed(struct.pack(">I", MAX_FRAME + 1))
+    with pytest.raises(ProtocolError, match="stream already broken"):
+        decoder.feed(encode(ipc.ready(1)))
+
+
+def test_decoder_accepts_frame_of_exactly_max_size() -> None:
+    base = len(json.dumps(ipc.retiring(""), separators=(",", ":")))
+    msg = ipc.retiring("x" * (MAX_FRAME - base))
+    assert FrameDecoder().feed(encode(msg)) == [msg]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"", "invalid JSON"),
+        (b"{", "invalid JSON"),
+        (b"\xff\xfe{}", "invalid JSON"),
+        ('{"type":"ready","pid":1}'.encode("utf-16"), "invalid JSON"),
+        (b'{"type":"heartbeat","stats":{"x":NaN}}', "NaN is not valid JSON"),
+        (b'{"type":"stop","graceful":true,"timeout":Infinity}', "Infinity is not valid JSON"),
+        (b"[" * 100_000, "frame of"),
+        (b"[" * 60_000, "invalid JSON"),
+        (b"[]", "expected a JSON object, got list"),
+        (b'"ready"', "expected a JSON object, got str"),
+        (b'{"type":1}', "unknown message type 1"),
+        (b'{"type":"command","id":1,"name":"x"}', "command: missing field 'args'"),
+        (b'{"type":"command","id":1.0,"name":"x","args":{}}', "'id' must be an integer"),
+        (b'{"type":"reply","id":1,"result":null,"error":5}', "'error' must be a string or null"),
+        (b'{"type":"heartbeat","stats":[]}', "'stats' must be an object"),
+        (b'{"type":"stop","graceful":1,"timeout":null}', "'graceful' must be a boolean"),
+        (b'{"type":"stop","graceful":true,"timeout":-1}', "'timeout' must be a number >= 0"),
+    ],
+)
+def test_decoder_rejects_bad_payloads(payload: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        FrameDecoder().feed(frame(payload))
+    assert fragment in str(info.value)
+
+
+# -- property tests ----------------------------------------------------------------------
+
+json_text = st.text(st.characters(codec="utf-8"), max_size=20)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | json_text,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(json_text, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+json_objects = st.dictionaries(json_text, json_values, max_size=3)
+ids = st.integers(min_value=0, max_value=2**63)
+messages = st.one_of(
+    st.builds(ipc.ready, st.integers()),
+    st.builds(ipc.heartbeat, json_objects),
+    st.builds(ipc.retiring, json_text),
+    st.builds(ipc.stop, st.booleans(), st.none() | st.floats(0, 1e9) | st.integers(0, 10**6)),
+    st.builds(ipc.command, ids, json_text, json_objects),
+    st.builds(ipc.reply, ids, json_values, st.none() | json_text),
+)
+
+
+@given(st.lists(messages, max_size=5), st.data())
+def test_any_chunking_decodes_the_same_messages(msgs: list[Message], data: st.DataObject) -> None:
+    stream = b"".join(map(encode, msgs))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder()
+    out: list[Message] = []
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        out += decoder.feed(stream[start:cut])
+        start = cut
+    assert out == msgs
+    assert decoder.buffered == 0
+
+
+def _decode_or_protocol_error(chunks: list[bytes]) -> None:
+    decoder = FrameDecoder()
+    try:
+        for chunk in chunks:
+            for msg in decoder.feed(chunk):
+                assert msg["type"] in ipc.MESSAGE_TYPES
+    except ProtocolError:
+        pass
+
+
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_random_bytes_decode_or_raise_protocol_error(chunks: list[bytes]) -> None:
+    _decode_or_protocol_error(chunks)
+
+
+@given(st.lists(st.binary(max_size=64) | st.text(max_size=64).map(str.encode), max_size=4))
+def test_random_payloads_in_valid_frames(payloads: list[bytes]) -> None:
+    _decode_or_protocol_error([frame(payload) for payload in payloads])
+
+
+@given(st.lists(json_values.map(lambda v: json.dumps(v).encode()), max_size=4))
+def test_random_json_in_valid_frames(payloads: list[bytes]) -> None:
+    _decode_or_protocol_error([frame(payload) for payload in payloads])
+
+
+# -- Channel over a real socketpair, on both loops --------------------------------------------
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    new_loop = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+    try:
+        yield new_loop
+    finally:
+        new_loop.run_until_complete(new_loop.shutdown_asyncgens())
+        new_loop.close()
+
+
+def run(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
+    return loop.run_until_complete(asyncio.wait_for(coro, 5))
+
+
+class Inbox:
+    """An on_message callback that queues what it gets."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+
+    def __call__(self, channel: Channel, msg: Message) -> None:
+        self.queue.put_nowait(msg)
+
+    async def get(self) -> Message:
+        return await asyncio.wait_for(self.queue.get(), 2)
+
+
+def answer_commands(channel: Channel, msg: Message) -> None:
+    if msg["type"] != "command":
+        return
+    if msg["name"] == "fail":
+        channel.send(ipc.reply(msg["id"], error="it failed"))
+    elif msg["name"] == "echo":
+        channel.send(ipc.reply(msg["id"], msg["args"]))
+
+
+OnMessage = Callable[[Channel, Message], Any]
+
+
+async def pair(left: OnMessage, right: OnMessage, **kwargs: Any) -> tuple[Channel, Channel]:
+    a, b = socket.socketpair()
+    return await Channel.connect(a, left, **kwargs), await Channel.connect(b, right)
+
+
+async def close_all(*channels: Channel) -> None:
+    for channel in channels:
+        channel.close()
+    for channel in channels:
+        await channel.closed
+
+
+def test_messages_both_ways(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        inbox_a, inbox_b = Inbox(), Inbox()
+        a, b = await pair(inbox_a, inbox_b)
+        assert a.send(ipc.ready(42))
+        assert b.send(ipc.stop(graceful=True, timeout=3))
+        assert await inbox_b.get() == ipc.ready(42)
+        assert await inbox_a.get() == ipc.stop(graceful=True, timeout=3)
+        for n in range(100):
+            a.send(ipc.heartbeat({"n": n}))
+        assert [(await inbox_b.get())["stats"]["n"] for _ in range(100)] == list(range(100))
+        await close_all(a, b)
+
+    run(loop, main())
+
+
+def test_request_reply_and_gather(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        arbiter, worker = await pair(Inbox(), answer_commands)
+        assert await arbiter.request("echo", {"x": 1}, timeout=2) == {"x": 1}
+        results = await asyncio.gather(
+            *(arbiter.request("echo", {"n": n}, timeout=2) for n in range(20))
+        )
+        assert results == [{"n": n} for n in range(20)]
+        assert arbiter._pending == {}
+        await close_all(arbiter, worker)
+
+    run(loop, main())
+
+
+def test_replies_out_of_order_are_correlated(loop: asyncio.AbstractEventLoop) -> None:
+    async def slow_echo(channel: Channel, msg: Message) -> None:
+        await asyncio.sleep(0.01 * msg["args"]["delay"])
+        channel.send(ipc.reply(msg["id"], msg["args"]["delay"]))
+
+    async def main() -> None:
+        arbiter, worker = await pair(Inbox(), slow_echo)
+        delays = [5, 1, 3, 0, 2]
+        results = await asyncio.gather(
+            *(arbiter.request("sleep", {"delay": d}, timeout=2) for d in delays)
+        )
+        assert results == delays
+        await close_all(arbiter, worker)
+
+    run(loop, main())
+
+
+def test_error_reply_raises_command_error(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        arbiter, worker = await pair(Inbox(), answer_commands)
+        with pytest.raises(CommandError, match="it failed"):
+            await arbiter.request("fail", timeout=2)
+        await close_all(arbiter, worker)
+
+    run(loop, main())
+
+
+def test_late_reply_is_ignored(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        worker_inbox = Inbox()
+        arbiter, worker = await pair(Inbox(), worker_inbox)
+        with pytest.raises(asyncio.TimeoutError):
+            await arbiter.request("ignored", timeout=0.01)
+        assert arbiter._pending == {}
+        late = await worker_inbox.get()
+        worker.send(ipc.reply(late["id"], "late"))
+        worker.send(ipc.reply(10**6, "unknown"))
+        worker.send(ipc.stop())
+        while not any("unknown or expired request 1000000" in r.message for r in caplog.records):
+            await asyncio.sleep(0.001)
+        assert not arbiter.is_closing
+        await close_all(arbiter, worker)
+
+    with caplog.at_level(logging.DEBUG, logger="pulsar_arbiter.ipc"):
+        run(loop, main())
+    assert any("expired request 1" in r.message for r in caplog.records)
+
+
+def test_peer_close_resolves_closed_and_fails_pending(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        worker_inbox = Inbox()
+        arbiter, worker = await pair(Inbox(), worker_inbox)
+        pending = asyncio.ensure_future(arbiter.request("never-answered", timeout=5))
+        await worker_inbox.get()  # nothing unread: a close with unread data is a reset
+        worker.close()
+        assert await arbiter.closed is None
+        assert await worker.closed is None
+        with pytest.raises(ChannelClosed):
+            await pending
+        assert arbiter.is_closing
+        assert not arbiter.send(ipc.heartbeat({}))
+        with pytest.raises(ChannelClosed):
+            await arbiter.request("after-close", timeout=1)
+
+    run(loop, main())
+
+
+def test_raw_peer_eof_and_death(loop: asyncio.AbstractEventLoop) -> None:
+    """A worker notices that the arbiter died: its end of the socketpair reads EOF."""
+
+    async def main() -> None:
+        mine, theirs = socket.socketpair()
+        channel = await Channel.connect(mine, Inbox())
+        theirs.sendall(encode(ipc.stop()))
+        theirs.shutdown(socket.SHUT_WR)
+        assert await channel.closed is None
+        theirs.close()
+
+    run(loop, main())
+
+
+def test_garbage_from_peer_closes_channel(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        mine, theirs = socket.socketpair()
+        channel = await Channel.connect(mine, inbox)
+        theirs.sendall(encode(ipc.ready(1)) + frame(b'{"type":"bogus"}') + encode(ipc.ready(2)))
+        await channel.closed
+        theirs.close()
+        while not inbox.queue.empty():  # nothing after the bad frame is dispatched
+            assert inbox.queue.get_nowait() == ipc.ready(1)
+
+    run(loop, main())
+    assert "unknown message type 'bogus'" in caplog.text
+
+
+def test_handler_errors_are_logged_and_channel_keeps_going(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Message] = []
+
+    def flaky(channel: Channel, msg: Message) -> None:
+        seen.append(msg)
+        if msg["type"] == "ready":
+            raise RuntimeError("handler bug")
+
+    async def failing_task(channel: Channel, msg: Message) -> None:
+        if msg["type"] == "retiring":
+            raise RuntimeError("async handler bug")
+        await asyncio.sleep(0)
+        channel.send(ipc.reply(msg["id"], "done"))
+
+    async def main() -> None:
+        a, b = await pair(Inbox(), flaky)
+        a.send(ipc.ready(1))
+        a.send(ipc.heartbeat({}))
+        while len(seen) < 2:
+            await asyncio.sleep(0.001)
+        assert [m["type"] for m in seen] == ["ready", "heartbeat"]
+        c, d = await pair(Inbox(), failing_task)
+        c.send(ipc.retiring("x"))
+        assert await c.request("after", timeout=2) == "done"
+        await close_all(a, b, c, d)
+
+    run(loop, main())
+    assert "IPC ready handler failed" in caplog.text
+    assert "handler bug" in caplog.text
+    assert "async handler bug" in caplog.text
+
+
+def test_unread_peer_is_declared_dead(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        mine, theirs = socket.socketpair()
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        channel = await Channel.connect(mine, Inbox(), max_write_buffer=64 * 1024)
+        blob = ipc.heartbeat({"blob": "x" * 8192})
+        for _ in range(1000):
+            if not channel.send(blob):
+                break
+        assert channel.is_closing
+        assert await channel.closed is None
+        theirs.close()
+
+    run(loop, main())
+    assert "considering it dead" in caplog.text
+
+
+def test_send_rejects_bad_message_without_closing(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        a, b = await pair(Inbox(), Inbox())
+        with pytest.raises(ValueError, match="unknown message type"):
+            a.send({"type": "nope"})
+        assert not a.is_closing
+        await close_all(a, b)
+
+    run(loop, main())
+
+
+def test_close_is_idempotent(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        a, b = await pair(Inbox(), Inbox())
+        a.close()
+        a.close()
+        a.abort()
+        await a.closed
+        await b.closed
+        b.close()
+
+    run(loop, main())
