@@ -32,6 +32,7 @@ from .logs import reopen_log_files, setup_logging
 from .sockets import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
 from .supervision import (
     EXIT_BOOT_FAILURE,
+    WORKER_BOOT_ERROR,
     Exit,
     Kill,
     Phase,
@@ -412,6 +413,8 @@ class Arbiter:
         worker = self.sup.exited(worker_id, code, time.monotonic())
         if worker is not None:
             self.dead_requests += int(worker.stats.get("requests", 0))
+            if code == WORKER_BOOT_ERROR and not worker.reason:
+                worker.reason = "failed to boot"
             LOGGER.log(
                 logging.INFO if worker.reason else logging.WARNING,
                 "worker %d (pid %s) exited with %s%s",

@@ -174,12 +174,10 @@ class Worker:
             await self._start_servers(factories)
         except (AppError, OSError, ImportError, ssl.SSLError) as exc:
             LOGGER.error("worker failed to boot: %s", exc)
-            await self._close_servers(0)
-            return WORKER_BOOT_ERROR
-        except Exception:
+            return await self._boot_failed(exc)
+        except Exception as exc:
             LOGGER.exception("worker failed to boot")
-            await self._close_servers(0)
-            return WORKER_BOOT_ERROR
+            return await self._boot_failed(exc)
         self.channel.send(ipc.ready(self.pid))
         LOGGER.info("worker %d ready (%s)", self.pid, factories.description)
         self._schedule_beat()
@@ -192,6 +190,18 @@ class Worker:
             self.channel.close()
         LOGGER.info("worker %d exiting after %d requests", self.pid, self.requests)
         return 0
+
+    async def _boot_failed(self, exc: BaseException) -> int:
+        """Tell the arbiter why (it prints it when it gives up), then exit non-zero."""
+        await self._close_servers(0)
+        self._stop.cancel()  # we are leaving: the channel closing is not the arbiter dying
+        if self.channel is not None and not self.channel.is_closing:
+            error = str(exc) if isinstance(exc, AppError) else f"{type(exc).__name__}: {exc}"
+            self.channel.send(ipc.command(0, "boot_error", {"error": error}))
+            self.channel.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.channel.closed), 1.0)
+        return WORKER_BOOT_ERROR
 
     # -- serving ------------------------------------------------------------------------
 
