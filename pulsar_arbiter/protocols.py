@@ -97,8 +97,11 @@ class Producer(EventHandler):
 
     def _request_finished(self) -> None:
         self.requests_processed += 1
-        max_requests = self.max_requests
-        if max_requests and self.requests_processed == max_requests:
+        if self.max_requests:
+            self._check_max_requests()
+
+    def _check_max_requests(self) -> None:
+        if self.requests_processed == self.max_requests:
             self.fire_event("max_requests", self)
 
 
@@ -279,6 +282,11 @@ class Connection(Timeout, Protocol):
         self._peer_eof = False
         self._failed = False
         self.processed = 0
+        # Call the factory directly unless the producer customises build_consumer: one
+        # call less on every request.
+        self._default_build = (
+            producer is None or type(producer).build_consumer is Producer.build_consumer
+        )
 
     @property
     def consumer_factory(self) -> ConsumerFactory | None:
@@ -291,11 +299,10 @@ class Connection(Timeout, Protocol):
             factory = self._consumer_factory
             if factory is None:
                 raise RuntimeError(f"{self!r} has no consumer factory")
-            producer = self._producer
-            if producer is not None:
-                consumer = producer.build_consumer(factory)
-            else:
+            if self._default_build:
                 consumer = factory(loop=self._loop)
+            else:
+                consumer = self._producer.build_consumer(factory)  # type: ignore[union-attr]
             self._current_consumer = consumer
             consumer.connection_made(self)
         return consumer
@@ -329,16 +336,17 @@ class Connection(Timeout, Protocol):
             if len(buffered) > MAX_BUFFERED_PIPELINE and self._transport is not None:
                 self._transport.pause_reading()
             return
-        self._process(data)
-
-    def _process(self, data: bytes) -> None:
+        # The per-request hot path: kept flat on purpose (every call here costs on every
+        # request of every connection).
         self._processing = True
         try:
             while data:
-                consumer = self._current_consumer or self.current_consumer()
+                consumer = self._current_consumer
+                if consumer is None:
+                    consumer = self.current_consumer()
                 if not consumer._started:
                     consumer.start()
-                left = consumer._feed(data)
+                left = consumer._feed(data) if consumer._events else consumer.data_received(data)
                 if not left:
                     break
                 if consumer is self._current_consumer:
@@ -353,7 +361,11 @@ class Connection(Timeout, Protocol):
             self._consumer_failed(exc)
         finally:
             self._processing = False
-        if self._current_consumer is None and self._should_close():
+        if (
+            (self._close_after_request or self._peer_eof)
+            and self._current_consumer is None
+            and self._should_close()
+        ):
             self.close()
 
     def _should_close(self) -> bool:
@@ -373,11 +385,13 @@ class Connection(Timeout, Protocol):
             self.processed += 1
             producer = self._producer
             if producer is not None:
-                producer._request_finished()
-        upgrade = self._upgrade_factory
-        if upgrade is not None:
-            self._consumer_factory, self._upgrade_factory = upgrade, None
-        self._touch()
+                producer.requests_processed += 1
+                if producer.max_requests:
+                    producer._check_max_requests()
+        if self._upgrade_factory is not None:
+            self._consumer_factory, self._upgrade_factory = self._upgrade_factory, None
+        if self._timeout is not None:
+            self._last_activity = self._loop.time()  # type: ignore[union-attr]
         if not self._processing:
             if self._buffered is not None and not self._close_after_request:
                 self._loop_or_running().call_soon(self._resume_buffered)
@@ -394,7 +408,7 @@ class Connection(Timeout, Protocol):
             return
         if not self._writing_paused:
             transport.resume_reading()
-        self._process(bytes(buffered))
+        self.data_received(bytes(buffered))
 
     def _may_resume_reading(self) -> bool:
         buffered = self._buffered
@@ -503,7 +517,7 @@ class ProtocolConsumer(EventHandler):
     def connection_made(self, connection: Any) -> None:
         """Attach to ``connection``; called once, before the first byte."""
         self._connection = connection
-        self._producer = connection.producer
+        self._producer = connection._producer
         if self._loop is None:
             self._loop = connection._loop
 
@@ -512,15 +526,17 @@ class ProtocolConsumer(EventHandler):
         if self._started:
             raise RuntimeError(f"{self!r} already started")
         connection = self._connection
-        if connection is None or connection.transport is None:
+        if connection is None or connection._transport is None:
             raise RuntimeError(f"{self!r} has no connection: cannot start a request")
         self._started = True
         self._request = request
         if self._events:
             self.fire_event("pre_request")
         producer = self._producer
-        if producer is not None and producer._events:
-            producer.fire_event("pre_request", self)
+        if producer is not None:
+            events = producer._events
+            if events and "pre_request" in events:
+                producer.fire_event("pre_request", self)
         if request is not None:
             self.start_request()
 
@@ -545,16 +561,17 @@ class ProtocolConsumer(EventHandler):
         connection = self._connection
         if connection is None:
             raise RuntimeError(f"{self!r} has no connection: cannot write")
-        if self._peer is not None:
-            return connection.write(data, self._peer)  # type: ignore[no-any-return]
-        return connection.write(data)  # type: ignore[no-any-return]
+        if self._peer is None:
+            return connection.write(data)  # type: ignore[no-any-return]
+        return connection.write(data, self._peer)  # type: ignore[no-any-return]
 
     def finished(self, exc: BaseException | None = None) -> bool:
         """End this request; False if it had already ended."""
         if self._finished:
             return False
         self._finished = True
-        self._finish_exc = exc
+        if exc is not None:
+            self._finish_exc = exc
         connection = self._connection
         if connection is not None:
             connection._consumer_finished(self, exc)
@@ -564,8 +581,10 @@ class ProtocolConsumer(EventHandler):
             else:
                 self.fire_event("post_request")
         producer = self._producer
-        if producer is not None and producer._events:
-            producer.fire_event("post_request", self, exc=exc)
+        if producer is not None:
+            events = producer._events
+            if events and "post_request" in events:
+                producer.fire_event("post_request", self, exc=exc)
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -169,7 +170,7 @@ def test_upgrade_without_a_request_takes_effect_at_once(run: Runner) -> None:
 
 
 BLOCK = b"x" * 65536
-BLOCKS = 64  # 4 MiB: far more than the kernel and transport buffers hold
+BLOCKS = 256  # 16 MiB: far more than the kernel and transport buffers hold
 
 
 class Flood(ProtocolConsumer):
@@ -193,7 +194,11 @@ def test_write_back_pressure_against_a_reader_that_does_not_read(run: Runner) ->
     async def main() -> None:
         Flood.paused_seen = []
         server = await line_server(Flood)
-        reader, writer = await open_client(server)
+        # A small receive buffer, so the kernel cannot absorb what the server writes.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port_of(server)))
+        reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(b"go\n")
         await wait_for(lambda: bool(Flood.paused_seen))
         connection = next(iter(server.connections))
