@@ -315,9 +315,14 @@ class Connection(Timeout, Protocol):
             self._upgrade_factory = consumer_factory
 
     def close_after_request(self) -> None:
-        """Close once the request in progress has finished, or now if there is none."""
+        """Close once the request in progress has finished, or now if the connection is idle.
+
+        A connection that has not received its first request yet is not idle: its client
+        has just connected and its request is on the way (closing now would lose it), so
+        it is closed after that first request, or by the idle timeout.
+        """
         self._close_after_request = True
-        if self._current_consumer is None and not self._processing:
+        if self._current_consumer is None and not self._processing and self.processed:
             self.close()
 
     @property

@@ -271,6 +271,8 @@ def test_close_drains_in_flight_and_closes_idle(run: Runner) -> None:
         SlowLine.delay = 0.3
         server = await line_server(SlowLine)
         idle_reader, idle_writer = await open_client(server)
+        idle_writer.write(b"first\n")  # served once, then idle (keep-alive)
+        assert await idle_reader.readline() == b"FIRST\n"
         busy_reader, busy_writer = await open_client(server)
         busy_writer.write(b"busy\n")
         await wait_for(lambda: len(server.connections) == 2)
@@ -284,12 +286,28 @@ def test_close_drains_in_flight_and_closes_idle(run: Runner) -> None:
         assert await asyncio.wait_for(busy_reader.read(), 1) == b""
         await closing
         assert server.has_fired("stop")
-        assert server.requests_processed == 1
+        assert server.requests_processed == 2
         assert not server.connections
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", port)
         idle_writer.close()
         busy_writer.close()
+
+    run(main())
+
+
+def test_close_serves_the_first_request_of_a_just_accepted_connection(run: Runner) -> None:
+    async def main() -> None:
+        server = await line_server()
+        reader, writer = await open_client(server)
+        await wait_for(lambda: len(server.connections) == 1)
+        closing = asyncio.ensure_future(server.close(5))
+        await asyncio.sleep(0.05)
+        writer.write(b"late\n")  # its request arrives after the drain began
+        assert await reader.readline() == b"LATE\n"
+        assert await asyncio.wait_for(reader.read(), 1) == b""
+        await closing
+        writer.close()
 
     run(main())
 
