@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -77,8 +78,10 @@ class Arbiter:
         self.sup = self._supervisor(cfg)
         self.channels: dict[int, ipc.Channel] = {}
         # The arbiter's end of each worker's socketpair, by worker id: closed in every
-        # other child, so a worker sees EOF when the arbiter dies.
-        self.channel_fds: dict[int, int] = {}
+        # other child, so a worker sees EOF when the arbiter dies. Kept as socket objects,
+        # never as fd numbers: a closed end's number is soon reused by a new socketpair,
+        # and closing a stale number in a child would close that child's own channel.
+        self.channel_socks: dict[int, socket.socket] = {}
         self.processes: dict[int, Any] = {}
         self.app: Any = None
         self.signals: collections.deque[int] = collections.deque()
@@ -151,9 +154,15 @@ class Arbiter:
     def _bind(self) -> None:
         reuse_port = self.cfg.reuse_port
         for spec in self.cfg.bind:
-            sock = bind_socket(spec, self.cfg.backlog, reuse_port=reuse_port and spec.kind == "tcp")
+            own = reuse_port and spec.kind == "tcp"
+            sock = bind_socket(spec, self.cfg.backlog, reuse_port=own)
+            if own:
+                # Each worker listens on its own socket. The arbiter's must not listen:
+                # the kernel would hand it its share of the connections, never accepted.
+                sock = _reserve_port(sock)
+                spec = dataclasses.replace(spec, port=sock.getsockname()[1])  # not :0
             self.sockets.append((spec, sock))
-            LOGGER.info("listening on %s", describe(sock))
+            LOGGER.info("%s %s", "reserved" if own else "listening on", describe(sock))
         if reuse_port and tcp_migrate_req_enabled() is False:
             LOGGER.warning(
                 "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections queued on a "
@@ -236,35 +245,48 @@ class Arbiter:
         self.wake()
 
     def reload(self) -> str:
-        """HUP: reload the settings and roll every worker, one at a time."""
+        """HUP: reload the settings and roll every worker, one at a time.
+
+        Nothing changes unless both the settings and (with --preload) the app load: a
+        refused reload leaves the running generation exactly as it was.
+        """
+        cfg, app = self.cfg, self.app
         if self.argv:
             try:
-                cfg = load_config(self.argv)
+                cfg = self._reload_settings()
             except ConfigError as exc:
                 LOGGER.error("reload refused, the settings are invalid: %s", exc)
                 return f"refused: {exc}"
-            for change in unreloadable_changes(self.cfg, cfg):
-                LOGGER.warning("reload: %s needs a restart; keeping the old value", change)
-            cfg = cfg.replace(bind=self.cfg.bind, reuse_port=self.cfg.reuse_port)
-            self.cfg = cfg
-            self._apply_settings(cfg)
-        if self.cfg.preload and self.cfg.app:
+        if cfg.preload and cfg.app:
             try:
-                self.app = _reimport(self.cfg.app)
+                app = _reimport(cfg.app)
             except AppError as exc:
                 LOGGER.error("reload refused, the app does not import: %s", exc)
                 return f"refused: {exc}"
+        self._apply_settings(self.cfg, cfg)
+        self.cfg, self.app = cfg, app
         self.sup.reload()
         LOGGER.info("reload: rolling to generation %d", self.sup.generation)
         self.wake()
         return f"rolling to generation {self.sup.generation}"
 
-    def _apply_settings(self, cfg: Config) -> None:
+    def _reload_settings(self) -> Config:
+        """The settings read again; those a reload cannot change keep their old values."""
+        cfg = load_config(self.argv)
+        kept = unreloadable_changes(self.cfg, cfg)
+        for name in kept:
+            LOGGER.warning("reload: %s needs a restart; keeping the old value", name)
+        return cfg.replace(**{name: getattr(self.cfg, name) for name in kept})
+
+    def _apply_settings(self, old: Config, new: Config) -> None:
         sup = self.sup
-        sup.desired = cfg.workers
-        sup.timeout, sup.boot_timeout = cfg.timeout, cfg.boot_timeout
-        sup.graceful_timeout = cfg.graceful_timeout
-        sup.max_requests, sup.max_requests_jitter = cfg.max_requests, cfg.max_requests_jitter
+        # A count set at run time (TTIN/TTOU, ctl scale) survives a reload unless the
+        # settings themselves now ask for a different count.
+        if new.workers != old.workers:
+            sup.scale(new.workers)
+        sup.timeout, sup.boot_timeout = new.timeout, new.boot_timeout
+        sup.graceful_timeout = new.graceful_timeout
+        sup.max_requests, sup.max_requests_jitter = new.max_requests, new.max_requests_jitter
 
     def scale(self, workers: int) -> int:
         self.sup.scale(workers)
@@ -309,12 +331,18 @@ class Arbiter:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ARBITER_SIGNALS)
         try:
             proc.start()
+        except OSError as exc:  # EAGAIN, ENOMEM: a failed boot, not the arbiter's end
+            parent_end.close()
+            self.sup.last_error = f"cannot fork a worker: {exc}"
+            LOGGER.error("cannot fork worker %d: %s", worker.id, exc)
+            self.sup.exited(worker.id, None, time.monotonic())
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child_end.close()
         self.spawned += 1
         self.processes[worker.id] = proc
-        self.channel_fds[worker.id] = parent_end.fileno()
+        self.channel_socks[worker.id] = parent_end
         self.sup.spawned(worker.id, proc.pid)
         LOGGER.info(
             "spawned worker %d (pid %d, generation %d)", worker.id, proc.pid, worker.generation
@@ -325,9 +353,9 @@ class Arbiter:
         task.add_done_callback(_log_failure)
 
     def _fds_to_close_in_child(self, parent_end: socket.socket) -> list[int]:
-        fds = [parent_end.fileno(), *self.channel_fds.values()]
-        if self.control is not None and self.control.fileno is not None:
-            fds.append(self.control.fileno)
+        fds = [parent_end.fileno(), *(s.fileno() for s in self.channel_socks.values())]
+        if self.control is not None:
+            fds.extend(self.control.filenos())
         loop = self._loop
         selector = getattr(loop, "_selector", None)
         if selector is not None:
@@ -342,7 +370,11 @@ class Arbiter:
         def on_message(channel: ipc.Channel, msg: ipc.Message) -> None:
             self._on_message(worker_id, channel, msg)
 
-        self.channels[worker_id] = await ipc.Channel.connect(parent_end, on_message)
+        channel = await ipc.Channel.connect(parent_end, on_message)
+        if worker_id in self.processes:
+            self.channels[worker_id] = channel
+        else:  # reaped while we connected: nobody would ever close this channel
+            channel.abort()
 
     def _on_message(self, worker_id: int, channel: ipc.Channel, msg: ipc.Message) -> None:
         kind = msg["type"]
@@ -401,7 +433,7 @@ class Arbiter:
         task.add_done_callback(_log_failure)
 
     async def _finish_reap(self, worker_id: int, proc: Any) -> None:
-        self.channel_fds.pop(worker_id, None)
+        self.channel_socks.pop(worker_id, None)
         channel = self.channels.pop(worker_id, None)
         if channel is not None:
             # Read what the worker said last (its final stats) before forgetting it.
@@ -410,6 +442,7 @@ class Arbiter:
             channel.abort()
         proc.join(1.0)
         code = proc.exitcode
+        blocked = self.sup.replacement_blocked_generation
         worker = self.sup.exited(worker_id, code, time.monotonic())
         if worker is not None:
             self.dead_requests += int(worker.stats.get("requests", 0))
@@ -423,6 +456,14 @@ class Arbiter:
                 _describe_exit(code),
                 f" ({worker.reason})" if worker.reason else " unexpectedly",
             )
+        if self.sup.replacement_blocked_generation not in (None, blocked):
+            LOGGER.error(
+                "a new worker of generation %d failed to boot%s: rollout stopped, %d old "
+                "worker(s) keep serving; fix the app, then reload (HUP) again",
+                self.sup.generation,
+                f" ({self.sup.last_error})" if self.sup.last_error else "",
+                len(self.sup.old_serving()),
+            )
         self.wake()
 
     # -- stats ------------------------------------------------------------------------
@@ -430,14 +471,17 @@ class Arbiter:
     async def stats(self) -> dict[str, Any]:
         """Per worker and summed: fresh from each worker, at most one heartbeat old."""
         workers = sorted(self.sup.workers.values(), key=lambda w: w.id)
+        # Read with the snapshot of the workers, before awaiting their answers: a worker
+        # reaped meanwhile adds its requests to dead_requests and is in ``fresh`` too.
+        dead_requests = self.dead_requests
         fresh = await asyncio.gather(*(self._worker_stats(w) for w in workers))
         totals = {
-            "requests": self.dead_requests + sum(int(w.get("requests", 0)) for w in fresh),
+            "requests": dead_requests + sum(int(w.get("requests", 0)) for w in fresh),
             "connections": sum(int(w.get("connections", 0)) for w in fresh),
             "workers": len(fresh),
             "spawned": self.spawned,
             "recycles": self.sup.recycles,
-            "exited": len(self.sup.dead),
+            "exited": self.sup.exits,
             "rss": sum(int(w.get("rss", 0)) for w in fresh),
         }
         return {
@@ -446,6 +490,7 @@ class Arbiter:
                 "name": self.cfg.name,
                 "uptime": time.monotonic() - self.started,
                 "generation": self.sup.generation,
+                "rollout_stopped": self.sup.replacement_blocked_generation is not None,
                 "desired_workers": self.sup.desired,
                 "phases": self.sup.counts(),
                 "binds": [describe(sock) for _, sock in self.sockets],
@@ -473,6 +518,21 @@ class Arbiter:
         if worker.pid:
             stats.update(_process_usage(worker.pid))
         return stats
+
+
+def _reserve_port(listening: socket.socket) -> socket.socket:
+    """A socket bound like ``listening`` (with SO_REUSEPORT) but not listening, which
+    keeps the port for the workers' own sockets; ``listening`` is closed."""
+    with listening:
+        reserve = socket.socket(listening.family, listening.type)
+        try:
+            reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reserve.bind(listening.getsockname())
+        except BaseException:
+            reserve.close()
+            raise
+    return reserve
 
 
 def _process_usage(pid: int) -> dict[str, Any]:

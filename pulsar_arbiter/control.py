@@ -51,17 +51,22 @@ class ControlServer:
         self.target = target
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
 
-    @property
-    def fileno(self) -> int | None:
-        return self._sock.fileno() if self._sock is not None else None
+    def filenos(self) -> list[int]:
+        """The listening socket's fd and those of the clients being answered: what a
+        forked worker must close, so that a client sees EOF when the arbiter is done."""
+        socks = [self._sock, *(w.get_extra_info("socket") for w in self._clients)]
+        return [s.fileno() for s in socks if s is not None and s.fileno() >= 0]
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
+        if _answers(self.path):
+            raise OSError(f"{self.path} is the control socket of a running arbiter")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            os.unlink(self.path)  # left behind by an arbiter that died
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
@@ -72,7 +77,7 @@ class ControlServer:
         sock.listen(16)
         sock.setblocking(False)
         self._sock = sock
-        self._server = await asyncio.start_unix_server(self._client, sock=sock)
+        self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_REQUEST)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -82,18 +87,24 @@ class ControlServer:
                 os.unlink(self.path)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             sock = writer.get_extra_info("socket")
             if peer_uid(sock) != os.geteuid():
                 answer: dict[str, Any] = {"error": "permission denied: not the arbiter's user"}
             else:
-                line = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT)
-                answer = await self._answer(line)
+                try:
+                    line = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT)
+                except ValueError:  # longer than the reader's limit
+                    answer = {"error": "request too long"}
+                else:
+                    answer = await self._answer(line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (OSError, asyncio.TimeoutError):
             pass
         finally:
+            self._clients.discard(writer)
             writer.close()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
@@ -117,6 +128,16 @@ class ControlServer:
                 return {"error": "scale needs an integer number of workers >= 1"}
             return {"ok": True, "result": self.target.scale(workers)}
         return {"error": f"unknown command {command!r}"}
+
+
+def _answers(path: str) -> bool:
+    """Is something accepting connections on the Unix socket ``path``?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def request(path: str, payload: dict[str, Any], timeout: float = CLIENT_TIMEOUT) -> Any:

@@ -15,6 +15,7 @@ Worker lifecycle, one table, one transition function::
 
 from __future__ import annotations
 
+import collections
 import enum
 import signal
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ STABLE_AFTER = 5.0
 EXIT_BOOT_FAILURE = 3
 # Exit status of a worker whose app failed to load: it says "do not respawn me blindly".
 WORKER_BOOT_ERROR = 3
+# Records of dead workers kept for inspection. An arbiter recycling workers for months
+# must not keep every record it ever had: the count is kept, the records are bounded.
+RECENT_DEAD = 64
 
 
 class Phase(enum.Enum):
@@ -163,10 +167,12 @@ class Supervisor:
         self.stopping: str | None = None  # None, "graceful" or "fast"
         self.ever_ready = False
         self.boot_failures = 0
+        self.last_failure_at = 0.0
         self.next_spawn_at = 0.0
         self.replacement_blocked_generation: int | None = None
         self.recycles = 0
-        self.dead: list[WorkerRecord] = []
+        self.exits = 0
+        self.dead: collections.deque[WorkerRecord] = collections.deque(maxlen=RECENT_DEAD)
         self.last_error = ""
 
     # -- what happened --------------------------------------------------------------
@@ -202,6 +208,7 @@ class Supervisor:
         was = worker.phase
         worker.phase = Phase.DEAD
         worker.exit_code = code
+        self.exits += 1
         self.dead.append(worker)
         if was is Phase.STOPPING:
             if worker.reason in ("max_requests",):
@@ -220,10 +227,14 @@ class Supervisor:
 
     def _boot_failed(self, worker: WorkerRecord, now: float) -> None:
         self.boot_failures += 1
+        self.last_failure_at = now
         delay = min(BACKOFF_BASE * 2 ** (self.boot_failures - 1), BACKOFF_MAX)
         self.next_spawn_at = now + delay
-        # A replacement that cannot boot stops the rollout: old workers keep serving.
-        if self._old_serving():
+        # A new generation that cannot boot stops the rollout: the workers of the older
+        # generations keep serving until the next reload. A recycle's replacement (same
+        # generation) is retried with backoff instead; its retiring worker serves on.
+        serving = self._by_phase(Phase.READY, Phase.RETIRING)
+        if any(w.generation < worker.generation for w in serving):
             self.replacement_blocked_generation = worker.generation
 
     def reload(self) -> None:
@@ -247,6 +258,7 @@ class Supervisor:
             return self._decide_stop(now)
         actions: list[Action] = []
         actions.extend(self._check_timeouts(now))
+        self._forgive_boot_failures(now)
         exit_action = self._check_give_up()
         if exit_action is not None:
             return [*actions, exit_action]
@@ -263,7 +275,7 @@ class Supervisor:
     def _fresh_ready(self) -> list[WorkerRecord]:
         return [w for w in self._by_phase(Phase.READY) if self._current(w)]
 
-    def _old_serving(self) -> list[WorkerRecord]:
+    def old_serving(self) -> list[WorkerRecord]:
         """Workers still serving that are to be replaced: retiring, or of an old generation."""
         return [
             w
@@ -273,6 +285,17 @@ class Supervisor:
 
     def _booting(self) -> list[WorkerRecord]:
         return self._by_phase(Phase.BOOTING)
+
+    def _forgive_boot_failures(self, now: float) -> None:
+        """The crash loop is over once a worker spawned after the last failure has served
+        for STABLE_AFTER seconds: failures hours apart must not add up to a give-up."""
+        if self.boot_failures and any(
+            w.started_at > self.last_failure_at
+            and w.ready_at is not None
+            and now - w.ready_at >= STABLE_AFTER
+            for w in self._by_phase(Phase.READY, Phase.RETIRING)
+        ):
+            self.boot_failures = 0
 
     def _check_give_up(self) -> Exit | None:
         if not self.ever_ready and self.boot_failures:
@@ -287,7 +310,7 @@ class Supervisor:
 
     def _spawn(self, now: float) -> list[Action]:
         booting = self._booting()
-        old = self._old_serving()
+        old = self.old_serving()
         fresh = len(self._fresh_ready())
         deficit = self.desired - fresh - len(booting)
         if deficit <= 0 or now < self.next_spawn_at:
@@ -315,7 +338,7 @@ class Supervisor:
     def _retire_excess(self, now: float) -> list[Action]:
         """Stop old workers once enough fresh ones serve; the oldest first."""
         fresh = self._fresh_ready()
-        old = self._old_serving()
+        old = self.old_serving()
         # Retiring workers go first, then old generations, then (scale down) fresh ones.
         candidates = [w for w in old if w.phase is Phase.RETIRING]
         candidates += [w for w in old if w.phase is not Phase.RETIRING]
