@@ -21,6 +21,11 @@ __all__ = ["DatagramServer", "TcpServer"]
 
 # Seconds a graceful close waits for requests in flight when no grace is given.
 DEFAULT_GRACE = 30.0
+# Loop iterations between "stop accepting" and closing the listeners on the stock asyncio
+# loop: it makes an accepted connection's transport and protocol one and two iterations
+# after the accept, and refuses them (the client sees a reset) if the server closed in
+# between. One more for margin.
+SETTLE_ITERATIONS = 3
 
 
 def _sock_address(sock: socket.socket) -> Any:
@@ -112,6 +117,7 @@ class TcpServer(_Server):
         self.keep_alive = keep_alive
         self._servers: list[Any] = []
         self._connections: set[PulsarProtocol] = set()
+        self._accepting = False
 
     @property
     def connections(self) -> frozenset[PulsarProtocol]:
@@ -146,6 +152,7 @@ class TcpServer(_Server):
             self._servers.append(bound)
             # Socket-like views (asyncio TransportSocket, uvloop PseudoSocket).
             self._sockets.extend(bound.sockets)
+        self._accepting = True
         self._started()
         self.logger.info("%s serving on %s", self.name, self.address)
 
@@ -161,7 +168,25 @@ class TcpServer(_Server):
         super()._protocol_lost(protocol, exc)
 
     def stop_accepting(self) -> None:
-        """Stop listening; the other processes sharing the sockets keep accepting."""
+        """Stop accepting now; other processes sharing the sockets keep accepting.
+
+        uvloop makes a connection's transport when it accepts it, so its servers close at
+        once. The stock asyncio loop makes it an iteration later and resets it if the
+        server closed meanwhile: there the listening sockets are only unwatched now, and
+        ``close()`` closes them once the pending accepts have settled.
+        """
+        if not self._accepting:
+            return
+        self._accepting = False
+        loop = self.loop
+        if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+            for server in self._servers:
+                for sock in server.sockets:
+                    loop.remove_reader(sock.fileno())
+        else:
+            self._close_listeners()
+
+    def _close_listeners(self) -> None:
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
@@ -184,6 +209,9 @@ class TcpServer(_Server):
 
     async def _drain(self, grace: float) -> None:
         self.stop_accepting()
+        for _ in range(SETTLE_ITERATIONS):
+            await asyncio.sleep(0)
+        self._close_listeners()
         for protocol in list(self._connections):
             if isinstance(protocol, Connection):
                 protocol.close_after_request()
@@ -195,13 +223,19 @@ class TcpServer(_Server):
             await self._wait_connections(1.0)
 
     async def _wait_connections(self, timeout: float) -> bool:
-        waiters = [p.event("connection_lost").waiter() for p in self._connections]  # type: ignore[attr-defined]
-        if not waiters:
-            return True
-        done, pending = await asyncio.wait(waiters, timeout=timeout)
-        for waiter in done:
-            waiter.exception() if not waiter.cancelled() else None
-        return not pending
+        """Wait until every connection is gone (True), or ``timeout`` seconds (False)."""
+        loop = self.loop
+        deadline = loop.time() + timeout
+        while self._connections:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiters = [p.event("connection_lost").waiter() for p in self._connections]  # type: ignore[attr-defined]
+            done, _ = await asyncio.wait(waiters, timeout=remaining)
+            for waiter in done:  # retrieved, so a reset does not log "never retrieved"
+                if not waiter.cancelled():
+                    waiter.exception()
+        return True
 
     def info(self) -> dict[str, Any]:
         return {

@@ -59,10 +59,6 @@ IGNORED_IN_WORKER = (
     signal.SIGWINCH,
 )
 PR_SET_PDEATHSIG = 1
-# Loop iterations between "stop accepting" and the drain: asyncio makes an accepted
-# connection's protocol two iterations after the accept (a task step, then a call_soon);
-# one more for margin.
-SETTLE_ITERATIONS = 3
 
 
 def heartbeat_interval(timeout: float) -> float:
@@ -186,7 +182,6 @@ class Worker:
         LOGGER.info("worker %d ready (%s)", self.pid, factories.description)
         self._schedule_beat()
         graceful, timeout = await self._stop
-        await _settle_accepts()
         await self._close_servers(timeout if graceful else 0.0)
         if self._beat is not None:
             self._beat.cancel()
@@ -288,27 +283,10 @@ class Worker:
     def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
         if not self._stop.done():
             grace = self.cfg.graceful_timeout if timeout is None else timeout
-            self._pause_accepting()
+            for server in self.servers:  # stop accepting at once, drain after
+                if isinstance(server, TcpServer):
+                    server.stop_accepting()
             self._stop.set_result((graceful, grace))
-
-    def _pause_accepting(self) -> None:
-        """Stop accepting at once; the drain closes the servers a few iterations later.
-
-        On the asyncio loop, a server closed in the iteration that accepted a connection
-        drops that connection: its transport is made one iteration after the accept and
-        refuses a closed server, and the client sees a reset. So there the listening
-        sockets are only unwatched now, and closed once pending accepts have settled
-        (see :func:`_settle_accepts`). uvloop makes the transport at accept time: close
-        its servers at once.
-        """
-        for server in self.servers:
-            if not isinstance(server, TcpServer):
-                continue
-            if isinstance(self.loop, asyncio.selector_events.BaseSelectorEventLoop):
-                for sock in server.sockets:
-                    self.loop.remove_reader(sock.fileno())
-            else:
-                server.stop_accepting()
 
     def _arbiter_gone(self, _: Any) -> None:
         if not self._stop.done():
@@ -336,19 +314,6 @@ class Worker:
                 channel.send(ipc.reply(msg["id"], error=f"unknown command {msg['name']!r}"))
             else:
                 channel.send(ipc.reply(msg["id"], handler(self, msg.get("args") or {})))
-
-
-async def _settle_accepts() -> None:
-    """Let connections accepted just before the worker stopped accepting get a protocol.
-
-    asyncio accepts in one loop iteration and makes the transport and protocol one and
-    two iterations later; a drain that closed the servers or looked at the connections
-    before then would drop them, and the worker would exit with their requests unread
-    (the client sees a reset). Nothing is accepted any more, so a few iterations settle
-    every pending accept.
-    """
-    for _ in range(SETTLE_ITERATIONS):
-        await asyncio.sleep(0)
 
 
 def _stats_command(worker: Worker, args: dict[str, Any]) -> Any:
