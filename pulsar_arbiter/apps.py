@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .config import Config
 from .echo import Echo
@@ -67,9 +67,10 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
     if app is None:
         app = Echo if cfg.app is None else import_app(reference)
     if cfg.wsgi or cfg.http:
-        http = importlib.import_module("pulsar_arbiter.http")
-        kind = "wsgi" if cfg.wsgi else "raw"
-        factory = http.http_protocol_factory(app, kind=kind, threads=cfg.threads)
+        from .http import http_protocol_factory
+
+        kind: Literal["raw", "wsgi"] = "wsgi" if cfg.wsgi else "raw"
+        factory = http_protocol_factory(app, kind=kind, threads=cfg.threads)
         return Factories(factory, None, f"{kind} HTTP app {reference}")
     if isinstance(app, type) and issubclass(app, ProtocolConsumer):
         return Factories(
