@@ -1,5 +1,6 @@
 """pulsar_arbiter: a multiprocess, actor-style server runtime with the pulsar API."""
 
+from .clients import AbstractClient, AbstractUdpClient, Pool, PoolConnection
 from .events import AbstractEvent, Event, EventHandler, OneTime
 from .mixins import FlowControl, Timeout
 from .protocols import (
@@ -15,7 +16,9 @@ from .servers import DatagramServer, TcpServer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbstractClient",
     "AbstractEvent",
+    "AbstractUdpClient",
     "Connection",
     "DatagramProtocol",
     "DatagramServer",
@@ -23,6 +26,8 @@ __all__ = [
     "EventHandler",
     "FlowControl",
     "OneTime",
+    "Pool",
+    "PoolConnection",
     "Producer",
     "Protocol",
     "ProtocolConsumer",

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from .events import AbstractEvent, EventHandler
+from .events import AbstractEvent, EventHandler, OneTime
 from .mixins import FlowControl, Timeout
 
 __all__ = [
@@ -511,9 +511,9 @@ class ProtocolConsumer(EventHandler):
         return connection.address if connection is not None else None
 
     @property
-    def on_finished(self) -> AbstractEvent:
+    def on_finished(self) -> OneTime:
         """The ``post_request`` event: await it for the end of the request."""
-        return self.event("post_request")
+        return cast(OneTime, self.event("post_request"))
 
     @property
     def finished_ok(self) -> bool:

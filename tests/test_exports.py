@@ -3,7 +3,9 @@
 import pulsar_arbiter
 
 EXPECTED = {
+    "AbstractClient",
     "AbstractEvent",
+    "AbstractUdpClient",
     "Connection",
     "DatagramProtocol",
     "DatagramServer",
@@ -11,6 +13,8 @@ EXPECTED = {
     "EventHandler",
     "FlowControl",
     "OneTime",
+    "Pool",
+    "PoolConnection",
     "Producer",
     "Protocol",
     "ProtocolConsumer",
