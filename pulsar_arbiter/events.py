@@ -162,7 +162,9 @@ class OneTime(AbstractEvent):
         return self._waiter
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self.waiter().__await__()
+        # Shielded: one awaiter cancelled (a wait_for timing out) must not cancel the
+        # shared future that every other awaiter, now or later, waits on.
+        return asyncio.shield(self.waiter()).__await__()
 
 
 class EventHandler:

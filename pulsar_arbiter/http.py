@@ -61,7 +61,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote_to_bytes
 
 from httptools import (
@@ -72,7 +72,7 @@ from httptools import (
     parse_url,
 )
 
-from .events import AbstractEvent
+from .events import OneTime
 from .protocols import MAX_BUFFERED_PIPELINE, NO_WRITE, Connection, ProtocolConsumer
 
 if TYPE_CHECKING:
@@ -1313,14 +1313,14 @@ class HttpConnection(Connection):
         return not self._holds
 
     # -- closing
-    def close(self) -> AbstractEvent:
+    def close(self) -> OneTime:
         """Close once written; after a peer error, shut writing and linger first.
 
         While lingering, the connection closes when the peer does, or after
         ``LINGER_SECONDS``; ``abort()`` still closes it at once.
         """
         if self._linger is not None:
-            return self.event("connection_lost")
+            return cast(OneTime, self.event("connection_lost"))
         transport = self._transport
         if (
             self._linger_on_close
@@ -1338,7 +1338,7 @@ class HttpConnection(Connection):
                 self._linger = self._loop_or_running().call_later(
                     LINGER_SECONDS, Connection.close, self
                 )
-                return self.event("connection_lost")
+                return cast(OneTime, self.event("connection_lost"))
         return super().close()
 
     def _on_connection_lost(self, exc: BaseException | None) -> None:

@@ -188,16 +188,16 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
     def eof_received(self) -> bool | None:
         return None
 
-    def close(self) -> AbstractEvent:
+    def close(self) -> OneTime:
         """Close the transport once its buffer is flushed; await the result to wait for it."""
         transport = self._transport
         if transport is not None:
             transport.close()
         else:
             self.fire_event("connection_lost")
-        return self.event("connection_lost")
+        return cast(OneTime, self.event("connection_lost"))
 
-    def abort(self) -> AbstractEvent:
+    def abort(self) -> OneTime:
         """Close the transport at once, dropping what is buffered."""
         transport = self._transport
         if transport is not None:
@@ -208,7 +208,7 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
                 transport.close()
         else:
             self.fire_event("connection_lost")
-        return self.event("connection_lost")
+        return cast(OneTime, self.event("connection_lost"))
 
 
 class Protocol(FlowControl, PulsarProtocol, asyncio.Protocol):
@@ -428,8 +428,16 @@ class Connection(Timeout, Protocol):
         )
 
     def eof_received(self) -> bool | None:
-        # A peer that half-closes after sending its request still gets the answer.
+        # A peer that half-closes after sending its request still gets the answer; the
+        # consumer in progress is told (a client reading a response up to EOF ends there).
         transport = self._transport
+        consumer = self._current_consumer
+        if consumer is not None:
+            try:
+                consumer.eof_received()
+            except Exception as exc:
+                self._consumer_failed(exc)
+                return None
         if (
             (self._current_consumer is not None or self._buffered is not None)
             and transport is not None
@@ -551,6 +559,9 @@ class ProtocolConsumer(EventHandler):
     def data_received(self, data: bytes) -> bytes | None:
         """Consume ``data``; return the bytes that belong to the next request, or None."""
         return None
+
+    def eof_received(self) -> None:
+        """The peer will send nothing more; a consumer that reads up to EOF finishes here."""
 
     def _feed(self, data: bytes) -> bytes | None:
         events = self._events

@@ -175,3 +175,14 @@ def test_one_time_event_api() -> None:
     assert ev.result == 1
     assert isinstance(ev.exception, ValueError)
     assert ev.handlers == ()
+
+
+def test_a_cancelled_awaiter_does_not_cancel_the_event(run: Runner) -> None:
+    async def main() -> None:
+        thing = Thing()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(thing.event("start"), 0.01)
+        asyncio.get_running_loop().call_soon(thing.fire_event, "start", 7)
+        assert await thing.event("start") == 7
+
+    run(main())

@@ -399,3 +399,32 @@ def test_half_closed_peer_still_gets_its_answer(run: Runner) -> None:
 def test_start_without_connection_raises() -> None:
     with pytest.raises(RuntimeError, match="no connection"):
         Line().start()
+
+
+class UntilEof(ProtocolConsumer):
+    """Collects everything up to the peer's EOF, then answers its length."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.size = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.size += len(data)
+
+    def eof_received(self) -> None:
+        self.write(b"%d\n" % self.size)
+        self.finished()
+
+
+def test_consumer_is_told_of_the_peer_eof(run: Runner) -> None:
+    async def main() -> None:
+        server = await line_server(UntilEof)
+        reader, writer = await open_client(server)
+        writer.write(b"abc")
+        writer.write(b"defg")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 2) == b"7\n"
+        writer.close()
+        await server.close(1)
+
+    run(main())
