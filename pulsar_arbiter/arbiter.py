@@ -53,17 +53,6 @@ LOGGER = logging.getLogger("pulsar_arbiter.arbiter")
 TICK = 0.25
 # Seconds to wait for a worker's answer to a stats request before using its last beat.
 STATS_TIMEOUT = 1.0
-# Signals the arbiter handles, and what each means.
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGCHLD,
-)
 
 
 class Arbiter:
@@ -182,7 +171,7 @@ class Arbiter:
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        for signum in HANDLED_SIGNALS:
+        for signum in ARBITER_SIGNALS:
             loop.add_signal_handler(signum, self._record_signal, signum)
         try:
             self.control = ControlServer(self.cfg.control_socket_path, self)

@@ -33,7 +33,8 @@ __all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
 
 LOGGER = logging.getLogger("pulsar_arbiter.worker")
 
-# Signals the arbiter handles: reset to their defaults in the child before unblocking.
+# Signals the arbiter handles (the arbiter installs its handlers for exactly these):
+# reset to their defaults in a forked child before it unblocks signals.
 ARBITER_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -42,9 +43,7 @@ ARBITER_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGUSR1,
-    signal.SIGUSR2,
     signal.SIGCHLD,
-    signal.SIGWINCH,
 )
 # Signals a worker ignores: a Ctrl-C or a job-control signal sent to the whole process
 # group must not stop workers behind the arbiter's back; the arbiter drives them.

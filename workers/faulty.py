@@ -19,21 +19,14 @@ import os
 import time
 from typing import Any
 
-from pulsar_arbiter import ProtocolConsumer
+from workers._lines import LineConsumer
 
 # Seconds of CPU work between yields to the loop in ``busy``.
 BUSY_SLICE = 0.01
 
 
-class Faulty(ProtocolConsumer):
-    buffer = b""
-
-    def data_received(self, data: bytes) -> bytes | None:
-        data = self.buffer + data
-        line, sep, rest = data.partition(b"\n")
-        if not sep:
-            self.buffer = data
-            return None
+class Faulty(LineConsumer):
+    def on_line(self, line: bytes) -> None:
         command, _, arg = line.partition(b" ")
         if command == b"block":
             time.sleep(float(arg))
@@ -44,7 +37,6 @@ class Faulty(ProtocolConsumer):
             raise RuntimeError("faulty consumer raised on purpose")
         else:
             self._answer(arg)
-        return rest
 
     async def _busy(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -11,28 +11,20 @@ from __future__ import annotations
 import asyncio
 import os
 
-from pulsar_arbiter import ProtocolConsumer
+from workers._lines import LineConsumer
 
 DELAY = float(os.environ.get("SLOW_DELAY", "0.5"))
 
 
-class Slow(ProtocolConsumer):
+class Slow(LineConsumer):
     """Answer each newline-terminated line after ``DELAY`` seconds."""
 
-    buffer = b""
-
-    def data_received(self, data: bytes) -> bytes | None:
-        data = self.buffer + data
-        line, sep, rest = data.partition(b"\n")
-        if not sep:
-            self.buffer = data
-            return None
+    def on_line(self, line: bytes) -> None:
         delay = DELAY
         words = line.split()
         if len(words) == 2 and words[0] == b"sleep":
             delay = float(words[1])
         asyncio.get_running_loop().call_later(delay, self._answer, line)
-        return rest
 
     def _answer(self, line: bytes) -> None:
         if self.connection is not None and not self.connection.closed:

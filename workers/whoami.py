@@ -7,20 +7,10 @@ from __future__ import annotations
 
 import os
 
-from pulsar_arbiter import ProtocolConsumer
-
-PID = b"%d" % os.getpid()
+from workers._lines import LineConsumer
 
 
-class WhoAmI(ProtocolConsumer):
-    buffer = b""
-
-    def data_received(self, data: bytes) -> bytes | None:
-        data = self.buffer + data
-        line, sep, rest = data.partition(b"\n")
-        if not sep:
-            self.buffer = data
-            return None
+class WhoAmI(LineConsumer):
+    def on_line(self, line: bytes) -> None:
         self.write(b"%d %s\n" % (os.getpid(), line))
         self.finished()
-        return rest
