@@ -348,7 +348,12 @@ class Connection(Timeout, Protocol):
             while data:
                 consumer = self._current_consumer
                 if consumer is None:
-                    consumer = self.current_consumer()
+                    factory = self._consumer_factory
+                    if factory is None or not self._default_build:
+                        consumer = self.current_consumer()
+                    else:  # current_consumer(), inlined
+                        consumer = self._current_consumer = factory(loop=self._loop)
+                        consumer.connection_made(self)
                 if not consumer._started:
                     consumer.start()
                 left = consumer._feed(data) if consumer._events else consumer.data_received(data)
