@@ -40,7 +40,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,9 @@ from typing import Any, cast
 import psutil
 
 from pulsar_arbiter import AbstractClient, Connection, Pool, ProtocolConsumer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+import harness  # scripts/bench is not a package: on sys.path above
 
 HERE = Path(__file__).resolve().parent
 BARE_ECHO = HERE / "bench" / "servers" / "bare_uvloop_echo.py"
@@ -272,21 +274,6 @@ def _pin(cpu: int | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def _free_port(host: str) -> int:
-    """A port free a moment ago: the bare server takes a fixed --port and prints nothing."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def start_server(host: str, port: int, cpu: int | None, log: Any) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, str(BARE_ECHO), "--host", host, "--port", str(port)],
@@ -297,7 +284,7 @@ def start_server(host: str, port: int, cpu: int | None, log: Any) -> subprocess.
     )
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     # Another process's readiness has no event to await here: probe it, with a deadline.
-    while not _accepts(host, port):
+    while not harness._tcp_accepts(host, port):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_server(proc)
             raise SystemExit(f"load: the echo server did not start on {host}:{port}")
@@ -380,7 +367,7 @@ def compare(args: argparse.Namespace) -> int:
     server = server_pid = None
     with tempfile.TemporaryFile() as log:
         if args.address is None:
-            host, port = "127.0.0.1", _free_port("127.0.0.1")
+            host, port = "127.0.0.1", harness.free_port("127.0.0.1")
             server = start_server(host, port, server_cpu, log)
             server_pid = server.pid
             where = f"bare uvloop echo ({BARE_ECHO.relative_to(HERE.parent)}) on {host}:{port}"
