@@ -90,6 +90,7 @@ class WorkerRecord:
     stop_deadline: float | None = None
     term_sent_at: float | None = None
     killed: bool = False
+    hurried: bool = False  # told to stop fast after a graceful stop had begun
     reason: str = ""
     exit_code: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
@@ -248,8 +249,11 @@ class Supervisor:
         self.desired = max(1, workers)
 
     def stop(self, graceful: bool) -> None:
-        if self.stopping != "fast":
-            self.stopping = "graceful" if graceful else "fast"
+        """TERM: graceful. INT/QUIT: fast, and during a graceful stop, hurry it."""
+        if not graceful:
+            self.stopping = "fast"
+        elif self.stopping is None:
+            self.stopping = "graceful"
 
     # -- what to do -----------------------------------------------------------------
 
@@ -354,6 +358,7 @@ class Supervisor:
     def _stop(self, worker: WorkerRecord, graceful: bool, now: float, reason: str) -> Stop:
         timeout = self.graceful_timeout if graceful else 0.0
         worker.to(Phase.STOPPING)
+        worker.hurried = not graceful
         worker.reason = worker.reason or reason
         worker.stop_deadline = now + timeout + STOP_MARGIN
         return Stop(worker, graceful, timeout, reason)
@@ -396,6 +401,13 @@ class Supervisor:
         for worker in self._by_phase(Phase.STOPPING):
             if worker.killed:
                 continue
+            if not graceful and not worker.hurried:
+                # Draining, and now asked to stop fast (a second Ctrl-C): cut it short.
+                worker.hurried = True
+                deadline = now + STOP_MARGIN
+                if worker.stop_deadline is None or worker.stop_deadline > deadline:
+                    worker.stop_deadline = deadline
+                actions.append(Stop(worker, False, 0.0, "fast stop"))
             if worker.stop_deadline is not None and now > worker.stop_deadline:
                 worker.killed = True
                 actions.append(Kill(worker, signal.SIGKILL, "did not stop in time"))

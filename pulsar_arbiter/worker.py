@@ -280,12 +280,22 @@ class Worker:
             self.channel.send(ipc.retiring("max_requests"))
 
     def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
-        if not self._stop.done():
-            grace = self.cfg.graceful_timeout if timeout is None else timeout
-            for server in self.servers:  # stop accepting at once, drain after
-                if isinstance(server, TcpServer):
-                    server.stop_accepting()
-            self._stop.set_result((graceful, grace))
+        if self._stop.done():
+            if not graceful:  # already draining, now told to stop fast: cut it short
+                self._abort_connections()
+            return
+        grace = self.cfg.graceful_timeout if timeout is None else timeout
+        for server in self.servers:  # stop accepting at once, drain after
+            if isinstance(server, TcpServer):
+                server.stop_accepting()
+        self._stop.set_result((graceful, grace))
+
+    def _abort_connections(self) -> None:
+        LOGGER.info("worker %d: fast stop, aborting connections still draining", self.pid)
+        for server in self.servers:
+            if isinstance(server, TcpServer):
+                for protocol in server.connections:
+                    protocol.abort()
 
     def _arbiter_gone(self, _: Any) -> None:
         if not self._stop.done():

@@ -221,6 +221,25 @@ def test_int_and_quit_stop_at_once_without_draining(start: Start, signum: int) -
     wait_until(lambda: _none_running(arbiter, workers), 5.0, "no worker left")
 
 
+def test_int_during_a_graceful_stop_cuts_the_drain_short(start: Start) -> None:
+    arbiter = start("workers.slow:Slow", workers=1, env={"SLOW_DELAY": "60"}).wait_serving()
+    port, workers = arbiter.port, arbiter.worker_pids()
+    with socket.create_connection((HOST, port), timeout=10.0) as client:
+        client.sendall(b"never answered\n")
+        wait_until(
+            lambda: arbiter.stats()["totals"]["connections"] == 1, 5.0, "the request in flight"
+        )
+        arbiter.send(signal.SIGTERM)  # graceful: would wait --graceful-timeout (30 s)
+        wait_until(lambda: "arbiter got SIGTERM" in arbiter.log(), 5.0, "the TERM")
+        began = time.monotonic()
+        arbiter.send(signal.SIGINT)
+        assert arbiter.wait_exit(10.0) == 0
+        assert time.monotonic() - began < 5.0, "the second signal cut the drain short"
+        with contextlib.suppress(ConnectionResetError):
+            assert client.recv(100) == b""
+    wait_until(lambda: _none_running(arbiter, workers), 5.0, "no worker left")
+
+
 def test_ctrl_c_to_the_process_group_stops_through_the_arbiter(start: Start) -> None:
     """Workers ignore a terminal's SIGINT: the arbiter stops them, once, cleanly."""
     arbiter = start(workers=2).wait_serving()

@@ -458,6 +458,20 @@ def test_a_fast_stop_is_not_downgraded_to_graceful() -> None:
     assert sup.stopping == "fast"
 
 
+def test_a_fast_stop_during_a_graceful_one_hurries_the_draining_workers() -> None:
+    sup = supervisor(workers=2)
+    workers = start(sup)
+    sup.stop(True)
+    assert all(s.graceful for s in sup.decide(1.0) if isinstance(s, Stop))
+    sup.stop(False)  # a second Ctrl-C
+    hurried = [a for a in sup.decide(2.0) if isinstance(a, Stop)]
+    assert [s.worker for s in hurried] == workers
+    assert not any(s.graceful for s in hurried)
+    assert sup.decide(2.1) == [], "each worker is hurried once"
+    kills = [a for a in sup.decide(2.0 + STOP_MARGIN + 0.1) if isinstance(a, Kill)]
+    assert [k.worker for k in kills] == workers, "the deadline shrank to the fast one"
+
+
 def test_deaths_while_stopping_are_not_replaced_nor_crash_loops() -> None:
     sup = supervisor(workers=2)
     first, _ = start(sup)
