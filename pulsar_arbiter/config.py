@@ -404,6 +404,18 @@ class Config:
         help="one SO_REUSEPORT socket per worker, balanced by the kernel",
         section=_SERVER,
     )
+    handoff: bool = setting(
+        "--handoff",
+        kind="flag",
+        convert=flag,
+        default=False,
+        help=(
+            "on a recycle, reload or scale-down, hand the idle connections of a raw "
+            "consumer to a serving worker instead of closing them (HTTP connections "
+            "always are); only for consumers that keep no state between requests"
+        ),
+        section=_SERVER,
+    )
     keep_alive: float = setting(
         "--keep-alive",
         convert=number(0, inclusive=True),
