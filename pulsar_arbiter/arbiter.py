@@ -29,6 +29,7 @@ from . import ipc
 from .apps import AppError, import_app
 from .config import Config, ConfigError, load_config, unreloadable_changes
 from .control import ControlServer
+from .handoff import handoff_socketpair
 from .logs import reopen_log_files, setup_logging
 from .sockets import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
 from .supervision import (
@@ -53,6 +54,9 @@ LOGGER = logging.getLogger("pulsar_arbiter.arbiter")
 TICK = 0.25
 # Seconds to wait for a worker's answer to a stats request before using its last beat.
 STATS_TIMEOUT = 1.0
+# Seconds a stopping arbiter waits for every worker to say it stopped accepting before it
+# shuts the listening sockets down anyway (a worker that does not answer is stuck).
+LISTENERS_SHUTDOWN_WAIT = 1.0
 
 
 class Arbiter:
@@ -64,6 +68,13 @@ class Arbiter:
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.sockets: list[tuple[BindSpec, socket.socket]] = []
+        # (outbox, inbox): idle connections pass between workers (see handoff.py).
+        self.handoff: tuple[socket.socket, socket.socket] | None = None
+        # Workers that said they stopped accepting; when the stop began, and whether the
+        # listeners were shut down since (so new connections are refused, not queued).
+        self.not_accepting: set[int] = set()
+        self._stop_began: float | None = None
+        self._listeners_shut = False
         self.sup = self._supervisor(cfg)
         self.channels: dict[int, ipc.Channel] = {}
         # The arbiter's end of each worker's socketpair, by worker id: closed in every
@@ -152,6 +163,8 @@ class Arbiter:
                 spec = dataclasses.replace(spec, port=sock.getsockname()[1])  # not :0
             self.sockets.append((spec, sock))
             LOGGER.info("%s %s", "reserved" if own else "listening on", describe(sock))
+        if any(spec.kind != "udp" for spec, _ in self.sockets):
+            self.handoff = handoff_socketpair()
         if reuse_port and tcp_migrate_req_enabled() is False:
             LOGGER.warning(
                 "--reuse-port: net.ipv4.tcp_migrate_req is 0, so connections queued on a "
@@ -167,6 +180,35 @@ class Arbiter:
                 with contextlib.suppress(OSError):
                     os.unlink(spec.path)
         self.sockets = []
+        for end in self.handoff or ():
+            end.close()
+        self.handoff = None
+
+    def _shutdown_listeners(self) -> None:
+        """Stop listening for every process sharing the sockets: new clients are refused.
+
+        Once no worker accepts, the kernel would still complete handshakes and queue the
+        connections, to reset them when the last process exits; a refusal instead lets
+        a client or a balancer go elsewhere at once. ``shutdown`` acts on the socket, not
+        on our descriptor, so it reaches the workers' copies too; it is done only once
+        they stopped accepting (an accept on a shut-down socket fails in a loop).
+        """
+        self._listeners_shut = True
+        for spec, sock in self.sockets:
+            if spec.kind == "udp" or (self.cfg.reuse_port and spec.kind == "tcp"):
+                continue
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+        LOGGER.info("stopped listening: new connections are refused")
+
+    def _check_listeners(self, now: float) -> None:
+        if self._listeners_shut or self._stop_began is None:
+            return
+        accepting = [
+            w for w in self.sup.workers.values() if w.pid and w.id not in self.not_accepting
+        ]
+        if not accepting or now - self._stop_began >= LISTENERS_SHUTDOWN_WAIT:
+            self._shutdown_listeners()
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -181,10 +223,14 @@ class Arbiter:
             self.control = None
         while True:
             self._handle_signals()
-            for action in self.sup.decide(time.monotonic()):
+            if self.pid == 1:
+                self._reap_orphans()
+            now = time.monotonic()
+            for action in self.sup.decide(now):
                 if isinstance(action, Exit):
                     return self._exit(action)
                 self._apply(action)
+            self._check_listeners(now)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK)
@@ -230,8 +276,23 @@ class Arbiter:
                 handler(self)
 
     def stop(self, graceful: bool = True) -> None:
+        if self._stop_began is None:
+            self._stop_began = time.monotonic()
         self.sup.stop(graceful)
         self.wake()
+
+    def _reap_orphans(self) -> None:
+        """As PID 1 (a container without an init) every orphan becomes our child: reap
+        those that are not workers (the workers are reaped through their sentinels)."""
+        workers = {proc.pid for proc in self.processes.values()}
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid not in workers:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, os.WNOHANG)
 
     def reload(self) -> str:
         """HUP: reload the settings and roll every worker, one at a time.
@@ -313,6 +374,7 @@ class Arbiter:
             max_requests=worker.max_requests,
             close_fds=self._fds_to_close_in_child(parent_end),
             app=self.app,
+            handoff=self.handoff,
         )
         proc = self._context.Process(
             target=run_worker, args=(spec,), name=f"worker-{worker.id}", daemon=False
@@ -374,6 +436,8 @@ class Arbiter:
             LOGGER.info("worker %d (pid %s) is ready", worker_id, worker and worker.pid)
         elif kind == "heartbeat":
             self.sup.heartbeat(worker_id, msg["stats"], now)
+        elif kind == "draining":
+            self.not_accepting.add(worker_id)
         elif kind == "retiring":
             self.sup.retiring(worker_id, msg["reason"])
             LOGGER.info(
@@ -396,7 +460,8 @@ class Arbiter:
             "" if action.graceful else " (fast)",
         )
         channel = self.channels.get(worker.id)
-        if channel is None or not channel.send(ipc.stop(action.graceful, action.timeout)):
+        stop = ipc.stop(action.graceful, action.timeout, action.handoff)
+        if channel is None or not channel.send(stop):
             self._kill(worker, signal.SIGTERM, action.reason)
 
     def _kill(self, worker: WorkerRecord, signum: int, reason: str) -> None:
@@ -423,6 +488,7 @@ class Arbiter:
 
     async def _finish_reap(self, worker_id: int, proc: Any) -> None:
         self.channel_socks.pop(worker_id, None)
+        self.not_accepting.discard(worker_id)
         channel = self.channels.pop(worker_id, None)
         if channel is not None:
             # Read what the worker said last (its final stats) before forgetting it.
@@ -572,5 +638,6 @@ SIGNAL_HANDLERS: dict[int, Callable[[Arbiter], Any]] = {
     signal.SIGTTIN: lambda arbiter: arbiter.scale(arbiter.sup.desired + 1),
     signal.SIGTTOU: lambda arbiter: arbiter.scale(arbiter.sup.desired - 1),
     signal.SIGUSR1: lambda arbiter: arbiter.reopen_logs(),
-    signal.SIGCHLD: lambda arbiter: None,  # reaping is driven by each worker's sentinel
+    # Workers are reaped through their sentinels; as PID 1 the main loop reaps orphans.
+    signal.SIGCHLD: lambda arbiter: None,
 }

@@ -73,7 +73,7 @@ from httptools import (
 )
 
 from .events import OneTime
-from .protocols import MAX_BUFFERED_PIPELINE, NO_WRITE, Connection, ProtocolConsumer
+from .protocols import MAX_BUFFERED_PIPELINE, NO_WRITE, Connection, Handoff, ProtocolConsumer
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -528,7 +528,7 @@ class HttpConsumer(ProtocolConsumer):
             request.keep_alive
             and request.complete
             and not close
-            and not self._connection._close_after_request
+            and not self._connection._drain_close
         )
         if status < 200 or status == 204 or status == 304:
             framing = b""
@@ -562,7 +562,7 @@ class HttpConsumer(ProtocolConsumer):
         prefix = encoded.prefix
         if prefix is not None and self._request.simple:
             connection = self._connection
-            if not connection._close_after_request and self._request.complete:
+            if not connection._drain_close and self._request.complete:
                 transport = connection._transport
                 if transport is not None and not transport.is_closing():
                     if _time() < encoded.whole_until:
@@ -842,6 +842,8 @@ class HttpConnection(Connection):
     """
 
     _current_consumer: HttpConsumer | None
+    #: HTTP/1.1 keeps no state between requests: a drain hands idle connections off.
+    HANDOFF_SAFE = True
 
     def __init__(
         self,
@@ -875,6 +877,8 @@ class HttpConnection(Connection):
         self._head_size = 0
         self._rejection: tuple[int, str] | None = None
         self._stopped = False
+        # Answers framed from now on say ``Connection: close`` (a drain without handoff).
+        self._drain_close = False
         self._upgraded = False
         self._upgrade_request: HttpRequest | None = None
         self._leftover: bytearray | None = None
@@ -892,8 +896,9 @@ class HttpConnection(Connection):
     def on_url(self, url: bytes) -> None:
         request = self._parsing
         if request is None:
-            if self._close_after_request:
-                # Closing after the request in progress: do not parse what follows.
+            if self._stopped or self._close_after_request:
+                # The request in progress (or the last one) closes the connection: what
+                # follows was sent before the client could know, and is not read.
                 self._stopped = True
                 raise _Reject("closing")
             request = self._parsing = HttpRequest(self)
@@ -1105,12 +1110,11 @@ class HttpConnection(Connection):
                 self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
                 self._peer_error(431, f"head longer than {self._max_head} bytes")
-        if (
-            (self._close_after_request or self._peer_eof)
-            and self._current_consumer is None
-            and self._should_close()
-        ):
-            self.close()
+        if self._current_consumer is None:
+            if (self._close_after_request or self._peer_eof) and self._should_close():
+                self.close()
+            elif self._draining and self._at_boundary():
+                self._boundary_reached()
 
     def _parse_failed(self, exc: HttpParserError) -> None:
         rejection = self._rejection
@@ -1220,6 +1224,8 @@ class HttpConnection(Connection):
                     producer._check_max_requests()
         if self._timeout is not None:
             self._last_activity = self._loop.time()  # type: ignore[union-attr]
+        if self._close_after_request:
+            self._stopped = True  # that answer said it closes: nothing more is read
         if request is not None and not request.complete:
             # Answered before its body arrived: what is left of it cannot be read
             # cheaply and safely, so the connection closes (it said so in the head).
@@ -1231,13 +1237,11 @@ class HttpConnection(Connection):
             return
         if self._pending:
             self._run_pending()
-        if (
-            (self._close_after_request or self._peer_eof)
-            and self._current_consumer is None
-            and not self._processing
-            and self._should_close()
-        ):
-            self.close()
+        if self._current_consumer is None and not self._processing:
+            if (self._close_after_request or self._peer_eof) and self._should_close():
+                self.close()
+            elif self._draining and self._at_boundary():
+                self._boundary_reached()
 
     def _upgrade_finished(self, request: HttpRequest | None) -> None:
         if self._upgrade_factory is not None:
@@ -1260,6 +1264,46 @@ class HttpConnection(Connection):
         return self._close_after_request or (
             self._peer_eof and not self._pending and self._active is None
         )
+
+    # -- draining (see Connection.begin_drain)
+    def _at_boundary(self) -> bool:
+        return (
+            self._current_consumer is None
+            and not self._processing
+            and self._parsing is None
+            and self._active is None
+            and not self._pending
+            and not self._stopped
+            and not self._upgraded
+            and self._upgrade_request is None
+            and not self._holds
+            and self._linger is None
+        )
+
+    def begin_drain(self, handoff: Handoff | None = None) -> None:
+        if handoff is None:
+            self._drain_close = True  # the answer in progress already says it closes
+        super().begin_drain(handoff)
+
+    def _let_go(self) -> None:
+        """Answer the next request with ``Connection: close``, then close.
+
+        Closing an idle keep-alive connection now would fail the request its client may
+        be sending at this moment; answering it tells the client to reconnect (to a
+        worker still accepting). A connection that stays silent is closed by the idle
+        timeout (shortened to ``DRAIN_IDLE``), with a lingering close.
+        """
+        self._drain_close = True
+
+    @property
+    def closing_after_request(self) -> bool:
+        return self._close_after_request or self._drain_close
+
+    def _idle_timeout(self) -> None:
+        if self._draining:
+            # A request already on the wire gets our FIN, not a reset.
+            self._linger_on_close = True
+        self.close()
 
     def _busy(self) -> bool:
         return Connection._busy(self) or bool(self._pending)

@@ -68,7 +68,9 @@ MAX_WRITE_BUFFER = 1024 * 1024
 
 _HEADER = struct.Struct(">I")
 
-MESSAGE_TYPES = frozenset({"ready", "heartbeat", "retiring", "stop", "command", "reply"})
+MESSAGE_TYPES = frozenset(
+    {"ready", "heartbeat", "retiring", "draining", "stop", "command", "reply"}
+)
 
 
 class ProtocolError(Exception):
@@ -98,8 +100,14 @@ def retiring(reason: str) -> Message:
     return {"type": "retiring", "reason": reason}
 
 
-def stop(graceful: bool = True, timeout: float | None = None) -> Message:
-    return {"type": "stop", "graceful": graceful, "timeout": timeout}
+def draining() -> Message:
+    """A worker stopped accepting (after a stop): the arbiter may close the listeners."""
+    return {"type": "draining"}
+
+
+def stop(graceful: bool = True, timeout: float | None = None, handoff: bool = False) -> Message:
+    """Stop serving; ``handoff``: idle connections may go to the workers still serving."""
+    return {"type": "stop", "graceful": graceful, "timeout": timeout, "handoff": handoff}
 
 
 def command(id: int, name: str, args: Mapping[str, Any] | None = None) -> Message:
@@ -134,6 +142,7 @@ _FIELDS: dict[str, dict[str, tuple[str, Callable[[object], bool]]]] = {
     "ready": {"pid": ("an integer", _is_int)},
     "heartbeat": {"stats": ("an object", lambda v: isinstance(v, dict))},
     "retiring": {"reason": ("a string", lambda v: isinstance(v, str))},
+    "draining": {},
     "stop": {
         "graceful": ("a boolean", lambda v: isinstance(v, bool)),
         "timeout": ("a number >= 0 or null", _is_timeout),

@@ -36,8 +36,21 @@ LOGGER = logging.getLogger("pulsar_arbiter")
 # answers is slowed down by TCP instead of growing our memory.
 MAX_BUFFERED_PIPELINE = 256 * 1024
 
+# Seconds a draining server keeps a connection on which nothing arrives (counted from
+# the start of the drain, or the connection's last request if the keep-alive timeout is
+# shorter). A client silent this long is not about to send; without a bound, a client that
+# connected and never sent a byte (a pool's spare connection, a browser's preconnect)
+# would hold a recycled worker, or a library user's ``close()``, for the whole grace.
+DRAIN_IDLE = 2.0
+# Seconds between two checks of a connection waiting, at a request boundary, for its last
+# answer to leave the write buffer before it can be handed to another worker.
+HANDOFF_RETRY = 0.01
+
 ConsumerFactory = Callable[..., "ProtocolConsumer"]
 ProtocolFactory = Callable[..., "PulsarProtocol"]
+#: Takes a connection idle at a request boundary to another process; True when it did
+#: (then it calls the connection's ``_handed_off()`` once the socket is on its way).
+Handoff = Callable[["Connection"], bool]
 NO_WRITE: tuple[()] = ()
 
 
@@ -111,7 +124,7 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
     ``close()`` and ``abort()`` return the ``connection_lost`` event, which can be awaited.
     """
 
-    ONE_TIME_EVENTS = ("connection_made", "connection_lost")
+    ONE_TIME_EVENTS: tuple[str, ...] = ("connection_made", "connection_lost")
 
     _transport: asyncio.BaseTransport | None = None
     _address: Any = None
@@ -260,7 +273,16 @@ class Connection(Timeout, Protocol):
 
     ``timeout`` (default: the producer's ``keep_alive``) closes the connection when it has
     been idle that long; a request in progress or a pending write is not idle.
+
+    When its server drains (``begin_drain()``), the one-time ``draining`` event fires, so a
+    consumer can tell its client; the connection then lets go at its next request
+    boundary (see ``begin_drain``).
     """
+
+    ONE_TIME_EVENTS: tuple[str, ...] = ("connection_made", "connection_lost", "draining")
+    #: Whether the connection may be handed to another worker by default: a raw consumer
+    #: may keep state between requests, so only with the server's ``handoff_raw``.
+    HANDOFF_SAFE = False
 
     def __init__(
         self,
@@ -274,6 +296,8 @@ class Connection(Timeout, Protocol):
             timeout = producer.keep_alive
         self._init_timeout(timeout)
         self._consumer_factory = consumer_factory
+        # The factory it was made with: an upgraded connection is never handed off.
+        self._served_factory = consumer_factory
         self._current_consumer: ProtocolConsumer | None = None
         self._upgrade_factory: ConsumerFactory | None = None
         self._buffered: bytearray | None = None
@@ -281,6 +305,9 @@ class Connection(Timeout, Protocol):
         self._close_after_request = False
         self._peer_eof = False
         self._failed = False
+        self._draining = False
+        self._handoff: Handoff | None = None
+        self._handoff_retry: asyncio.TimerHandle | None = None
         self.processed = 0
         # Call the factory directly unless the producer customises build_consumer: one
         # call less on every request.
@@ -329,6 +356,112 @@ class Connection(Timeout, Protocol):
     def closing_after_request(self) -> bool:
         return self._close_after_request
 
+    @property
+    def draining(self) -> bool:
+        """True once the server began draining this connection."""
+        return self._draining
+
+    def begin_drain(self, handoff: Handoff | None = None) -> None:
+        """The server is draining: finish what is in progress, then let go of the client.
+
+        Fires ``draining`` once. At the next request boundary (no request in progress,
+        nothing buffered, the last answer written) the connection is given to
+        ``handoff``, which passes the socket to a serving worker: the client never sees
+        a close, and what it has sent meanwhile waits in the socket for the new owner.
+        Without ``handoff``, or when it cannot take the connection, :meth:`_let_go`
+        decides (a raw connection closes, keeping one that has not received its first
+        request for that request). A connection silent for ``DRAIN_IDLE`` is closed.
+        """
+        if self._draining:
+            return
+        self._draining = True
+        self._handoff = handoff
+        self.fire_event("draining")
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._timeout is None or self._timeout > DRAIN_IDLE:
+            self._timeout = DRAIN_IDLE
+        self._cancel_timeout()
+        self._arm_timeout()
+        if self._at_boundary():
+            self._boundary_reached()
+
+    def _at_boundary(self) -> bool:
+        """No request in progress and nothing of the next one held by us."""
+        return self._current_consumer is None and not self._processing and self._buffered is None
+
+    def _boundary_reached(self) -> None:
+        """A draining connection is between requests: hand it off, or let it go."""
+        if self._handoff is not None and self._try_handoff():
+            return
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """No handoff: close now; keep one still waiting for its first request for it.
+
+        A raw protocol has no way to tell its client that it closes; a consumer that
+        has one does it on the ``draining`` event, or the server hands the connection
+        off (``--handoff``).
+        """
+        self.close_after_request()
+
+    def _try_handoff(self) -> bool:
+        """Give the connection to the handoff; False when it cannot go (then let go)."""
+        handoff, transport = self._handoff, self._transport
+        if (
+            handoff is None
+            or transport is None
+            or transport.is_closing()
+            or self._peer_eof
+            or self._consumer_factory is not self._served_factory
+            or transport.get_extra_info("sslcontext") is not None
+            or self.sock is None
+        ):
+            return False
+        if transport.get_write_buffer_size():
+            # The last answer is still being written: its bytes would be lost with our
+            # buffer. Look again shortly (the grace period bounds a peer that never reads).
+            if self._handoff_retry is None:
+                self._handoff_retry = self._loop_or_running().call_later(
+                    HANDOFF_RETRY, self._retry_handoff
+                )
+            return True
+        transport.pause_reading()  # what arrives from now on stays in the socket
+        if handoff(self):
+            self._handoff = None
+            return True
+        self._handoff = None
+        self._handoff_failed()
+        return False
+
+    def _retry_handoff(self) -> None:
+        self._handoff_retry = None
+        if self._handoff is not None and self._at_boundary():
+            self._boundary_reached()
+
+    def _handed_off(self) -> None:
+        """The socket is on its way to another worker: close ours, without a shutdown.
+
+        The kernel keeps the connection open while the message carrying it is in
+        flight, so the peer sees nothing; closing (not aborting) would wait for a write
+        buffer that is empty anyway.
+        """
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    def _handoff_failed(self) -> None:
+        """The handoff could not take the connection after all: serve it here again."""
+        self._handoff = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._writing_paused and self._may_resume_reading():
+            transport.resume_reading()
+        if self._at_boundary():
+            self._let_go()
+
     # asyncio.Protocol
     def _on_connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._set_write_limits(transport)
@@ -371,12 +504,11 @@ class Connection(Timeout, Protocol):
             self._consumer_failed(exc)
         finally:
             self._processing = False
-        if (
-            (self._close_after_request or self._peer_eof)
-            and self._current_consumer is None
-            and self._should_close()
-        ):
-            self.close()
+        if self._current_consumer is None:
+            if (self._close_after_request or self._peer_eof) and self._should_close():
+                self.close()
+            elif self._draining and self._buffered is None:
+                self._boundary_reached()
 
     def _should_close(self) -> bool:
         return self._close_after_request or (self._peer_eof and self._buffered is None)
@@ -407,6 +539,8 @@ class Connection(Timeout, Protocol):
                 self._loop_or_running().call_soon(self._resume_buffered)
             elif self._should_close():
                 self.close()
+            elif self._draining:
+                self._boundary_reached()
 
     def _loop_or_running(self) -> asyncio.AbstractEventLoop:
         return self._loop or asyncio.get_running_loop()
@@ -456,6 +590,9 @@ class Connection(Timeout, Protocol):
         self._cancel_timeout()
         self._fail_write_waiter(exc)
         self._buffered = None
+        retry, self._handoff_retry = self._handoff_retry, None
+        if retry is not None:
+            retry.cancel()
         consumer = self._current_consumer
         if consumer is not None:
             try:

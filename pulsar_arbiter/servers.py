@@ -15,7 +15,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .protocols import Connection, DatagramProtocol, Producer, ProtocolFactory, PulsarProtocol
+from .protocols import (
+    Connection,
+    DatagramProtocol,
+    Handoff,
+    Producer,
+    ProtocolFactory,
+    PulsarProtocol,
+)
 
 __all__ = ["DatagramServer", "TcpServer"]
 
@@ -99,7 +106,9 @@ class _Server(Producer):
 class TcpServer(_Server):
     """Serve stream connections (TCP or Unix) with ``protocol_factory``.
 
-    ``keep_alive`` is the idle timeout, in seconds, of its connections.
+    ``keep_alive`` is the idle timeout, in seconds, of its connections. ``handoff_raw``
+    lets a drain hand off connections whose protocol is not ``HANDOFF_SAFE`` (raw
+    consumers that keep no state between requests: ``--handoff``).
     """
 
     def __init__(
@@ -118,6 +127,8 @@ class TcpServer(_Server):
         self._servers: list[Any] = []
         self._connections: set[PulsarProtocol] = set()
         self._accepting = False
+        self._handoff: Handoff | None = None
+        self.handoff_raw = False
 
     @property
     def connections(self) -> frozenset[PulsarProtocol]:
@@ -159,9 +170,23 @@ class TcpServer(_Server):
     def _protocol_made(self, protocol: PulsarProtocol) -> None:
         self._connections.add(protocol)
         if self._closing is not None and isinstance(protocol, Connection):
-            # Accepted just before we stopped listening: serve its first request only.
-            protocol.close_after_request()
+            # Accepted just before we stopped listening, or handed to us while we drain:
+            # drained like the others (its first request is served).
+            protocol.begin_drain(self._handoff_for(protocol))
         super()._protocol_made(protocol)
+
+    def _handoff_for(self, protocol: Connection) -> Handoff | None:
+        if protocol.HANDOFF_SAFE or self.handoff_raw:
+            return self._handoff
+        return None
+
+    async def adopt(self, sock: socket.socket) -> PulsarProtocol:
+        """Serve a connection accepted elsewhere: one a draining worker handed over.
+
+        Whatever its client sent meanwhile is waiting in the socket and is read now.
+        """
+        _, protocol = await self.loop.connect_accepted_socket(self.create_protocol, sock)
+        return protocol
 
     def _protocol_lost(self, protocol: PulsarProtocol, exc: BaseException | None) -> None:
         self._connections.discard(protocol)
@@ -191,16 +216,20 @@ class TcpServer(_Server):
         for server in servers:
             server.close()
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, drain requests in flight for ``grace`` seconds, then abort.
+    async def close(self, grace: float | None = None, handoff: Handoff | None = None) -> None:
+        """Stop accepting, drain the connections for ``grace`` seconds, then abort.
 
-        Idle connections are closed at once; a connection with a request in progress is
-        closed when that request ends. Fires ``stop``. Safe to call more than once.
+        Every connection is drained (:meth:`Connection.begin_drain`): it finishes the request
+        in progress, then, at a request boundary, goes to ``handoff`` (a serving worker)
+        if given, or lets go its own way (an HTTP connection answers its next request
+        with ``Connection: close``; a raw one closes). Silent connections close after
+        ``DRAIN_IDLE``. Fires ``stop``. Safe to call more than once.
         """
         if self._closing is not None:
             await asyncio.shield(self._closing)
             return
         self._closing = self.loop.create_future()
+        self._handoff = handoff
         try:
             await self._drain(self.graceful_timeout if grace is None else grace)
         finally:
@@ -214,7 +243,7 @@ class TcpServer(_Server):
         self._close_listeners()
         for protocol in list(self._connections):
             if isinstance(protocol, Connection):
-                protocol.close_after_request()
+                protocol.begin_drain(self._handoff_for(protocol))
             else:
                 protocol.close()
         if not await self._wait_connections(grace):

@@ -114,12 +114,17 @@ class Spawn:
 
 @dataclass(frozen=True)
 class Stop:
-    """Ask a worker to stop (over IPC, and TERM as a fallback); ``graceful`` drains."""
+    """Ask a worker to stop (over IPC, and TERM as a fallback); ``graceful`` drains.
+
+    ``handoff``: other workers keep serving (a recycle, a reload, a scale-down), so the
+    worker may hand its idle connections to them instead of closing them.
+    """
 
     worker: WorkerRecord
     graceful: bool
     timeout: float
     reason: str
+    handoff: bool = False
 
 
 @dataclass(frozen=True)
@@ -352,16 +357,18 @@ class Supervisor:
         actions: list[Action] = []
         for worker in candidates[: max(0, excess)]:
             reason = worker.reason or ("reload" if not self._current(worker) else "scale down")
-            actions.append(self._stop(worker, True, now, reason))
+            actions.append(self._stop(worker, True, now, reason, handoff=True))
         return actions
 
-    def _stop(self, worker: WorkerRecord, graceful: bool, now: float, reason: str) -> Stop:
+    def _stop(
+        self, worker: WorkerRecord, graceful: bool, now: float, reason: str, handoff: bool = False
+    ) -> Stop:
         timeout = self.graceful_timeout if graceful else 0.0
         worker.to(Phase.STOPPING)
         worker.hurried = not graceful
         worker.reason = worker.reason or reason
         worker.stop_deadline = now + timeout + STOP_MARGIN
-        return Stop(worker, graceful, timeout, reason)
+        return Stop(worker, graceful, timeout, reason, handoff)
 
     def _check_timeouts(self, now: float) -> list[Action]:
         actions: list[Action] = []

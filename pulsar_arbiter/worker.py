@@ -20,11 +20,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from . import ipc
 from .apps import AppError, Factories, build_factories
 from .config import Config
+from .handoff import HandoffReceiver, HandoffSender
 from .servers import DatagramServer, TcpServer
 from .sockets import BindSpec, bind_socket, describe
 from .supervision import WORKER_BOOT_ERROR
@@ -78,6 +80,8 @@ class WorkerSpec:
     max_requests: int = 0
     close_fds: list[int] = field(default_factory=list)
     app: Any = None  # the imported app with --preload
+    # (outbox, inbox) of the arbiter's handoff socketpair (see handoff.py).
+    handoff: tuple[socket.socket, socket.socket] | None = None
 
 
 def _set_parent_death_signal(signum: int) -> None:
@@ -159,8 +163,12 @@ class Worker:
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.servers: list[TcpServer | DatagramServer] = []
+        # The stream servers by the index of their bind: handed-over connections name it.
+        self.tcp_servers: dict[int, TcpServer] = {}
         self.channel: ipc.Channel | None = None
-        self._stop: asyncio.Future[tuple[bool, float]] = loop.create_future()
+        self._stop: asyncio.Future[tuple[bool, float, bool]] = loop.create_future()
+        self._sender: HandoffSender | None = None
+        self._receiver: HandoffReceiver | None = None
         self._beat: asyncio.TimerHandle | None = None
         self._retiring = False
 
@@ -177,11 +185,16 @@ class Worker:
         except Exception as exc:
             LOGGER.exception("worker failed to boot")
             return await self._boot_failed(exc)
+        self._start_handoff()
+        if self._stop.done():  # told to stop while booting: accept nothing
+            self._stop_accepting()
         self.channel.send(ipc.ready(self.pid))
         LOGGER.info("worker %d ready (%s)", self.pid, factories.description)
         self._schedule_beat()
-        graceful, timeout = await self._stop
-        await self._close_servers(timeout if graceful else 0.0)
+        graceful, timeout, handoff = await self._stop
+        await self._close_servers(timeout if graceful else 0.0, handoff)
+        if self._sender is not None:
+            self._sender.close()
         if self._beat is not None:
             self._beat.cancel()
         if not self.channel.is_closing:
@@ -207,7 +220,7 @@ class Worker:
     async def _start_servers(self, factories: Factories) -> None:
         cfg = self.cfg
         sslcontext = _ssl_context(cfg)
-        for bind, sock in self.spec.sockets:
+        for index, (bind, sock) in enumerate(self.spec.sockets):
             if sock is None:  # --reuse-port: this worker's own socket
                 sock = bind_socket(bind, cfg.backlog, reuse_port=True)
             if bind.kind == "udp":
@@ -235,18 +248,43 @@ class Worker:
                     logger=LOGGER,
                 )
                 server.graceful_timeout = cfg.graceful_timeout
+                server.handoff_raw = cfg.handoff
                 self._watch(server)
                 await server.start_serving(backlog=cfg.backlog, sslcontext=sslcontext)
                 self.servers.append(server)
+                self.tcp_servers[index] = server
+
+    def _start_handoff(self) -> None:
+        """Take connections handed over by draining workers; hand ours when we drain."""
+        if self.spec.handoff is None or not self.tcp_servers:
+            return
+        outbox, inbox = self.spec.handoff
+        self._sender = HandoffSender(outbox, self.loop)
+        self._receiver = HandoffReceiver(inbox, self.loop, self._adopt)
+        self._receiver.start()
+
+    def _adopt(self, bind: int, sock: socket.socket) -> None:
+        server = self.tcp_servers.get(bind)
+        if server is None:  # pragma: no cover - every worker serves every bind
+            LOGGER.error("closing a handed-over connection for unknown bind %d", bind)
+            sock.close()
+            return
+        task = self.loop.create_task(server.adopt(sock))
+        task.add_done_callback(partial(_adopted, sock))
 
     def _watch(self, server: TcpServer | DatagramServer) -> None:
         server.bind_event("max_requests", self._max_requests)
         if self.cfg.access_log:
             server.bind_event("post_request", _access_log)
 
-    async def _close_servers(self, grace: float) -> None:
-        if self.servers:
-            await asyncio.gather(*(s.close(grace) for s in self.servers), return_exceptions=True)
+    async def _close_servers(self, grace: float, handoff: bool = False) -> None:
+        sender = self._sender if handoff else None
+        closing = [s.close(grace) for s in self.servers if not isinstance(s, TcpServer)]
+        for bind, server in self.tcp_servers.items():
+            given = partial(sender.offer, bind) if sender is not None else None
+            closing.append(server.close(grace, handoff=given))
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
 
     @property
     def requests(self) -> int:
@@ -279,16 +317,26 @@ class Worker:
             )
             self.channel.send(ipc.retiring("max_requests"))
 
-    def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
+    def stop(
+        self, graceful: bool = True, timeout: float | None = None, handoff: bool = False
+    ) -> None:
+        """Stop accepting at once, then drain (``handoff``: to the workers still serving)."""
         if self._stop.done():
             if not graceful:  # already draining, now told to stop fast: cut it short
                 self._abort_connections()
             return
         grace = self.cfg.graceful_timeout if timeout is None else timeout
-        for server in self.servers:  # stop accepting at once, drain after
+        self._stop_accepting()
+        self._stop.set_result((graceful, grace, handoff and graceful))
+
+    def _stop_accepting(self) -> None:
+        if self._receiver is not None:
+            self._receiver.stop()
+        for server in self.servers:
             if isinstance(server, TcpServer):
                 server.stop_accepting()
-        self._stop.set_result((graceful, grace))
+        if self.channel is not None and not self.channel.is_closing:
+            self.channel.send(ipc.draining())
 
     def _abort_connections(self) -> None:
         LOGGER.info("worker %d: fast stop, aborting connections still draining", self.pid)
@@ -316,13 +364,20 @@ class Worker:
     def _on_message(self, channel: ipc.Channel, msg: ipc.Message) -> None:
         kind = msg["type"]
         if kind == "stop":
-            self.stop(bool(msg.get("graceful", True)), msg.get("timeout"))
+            self.stop(bool(msg.get("graceful", True)), msg.get("timeout"), bool(msg.get("handoff")))
         elif kind == "command":
             handler = COMMANDS.get(msg["name"])
             if handler is None:
                 channel.send(ipc.reply(msg["id"], error=f"unknown command {msg['name']!r}"))
             else:
                 channel.send(ipc.reply(msg["id"], handler(self, msg.get("args") or {})))
+
+
+def _adopted(sock: socket.socket, task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        sock.close()
+        if not task.cancelled():
+            LOGGER.error("cannot serve a handed-over connection: %s", task.exception())
 
 
 def _stats_command(worker: Worker, args: dict[str, Any]) -> Any:
