@@ -25,5 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from .arbiter import Arbiter
+    from .logs import setup_logging
 
+    try:
+        setup_logging(cfg)  # the arbiter sets it up again in run(): idempotent
+    except OSError as exc:
+        print(f"{PROG}: error: --error-log/--access-log: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return Arbiter(cfg, args).run()

@@ -31,6 +31,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "MAX_WORKERS",
     "PROG",
     "SETTINGS",
     "Config",
@@ -71,29 +72,42 @@ def _got(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def integer(minimum: int) -> Converter:
+#: Upper bounds, so that no value reaches the kernel or a C API out of its range (a
+#: listen() backlog is a C int) and none asks for the absurd (a billion workers).
+MAX_INT = 2**31 - 1
+MAX_COUNT = 2**63 - 1
+MAX_WORKERS = 4096
+#: Longest duration accepted, in seconds (about 31 years): event loops and thread waits
+#: overflow far beyond it (uvloop counts milliseconds in 64 bits, threading waits ~292 years).
+MAX_SECONDS = 1e9
+
+
+def integer(minimum: int, maximum: int) -> Converter:
     def convert(value: object) -> int:
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
-        elif isinstance(value, str):
+        elif isinstance(value, str) and len(value) <= 40:  # int() of huge text is slow
             with contextlib.suppress(ValueError):
                 number = int(value)
         if number is None or number < minimum:
             raise ValueError(f"expected an integer >= {minimum}, got {_got(value)}")
+        if number > maximum:
+            raise ValueError(f"expected an integer <= {maximum}, got {_got(value)}")
         return number
 
     return convert
 
 
-def number(minimum: float, *, inclusive: bool) -> Converter:
+def number(minimum: float, *, inclusive: bool, maximum: float = MAX_SECONDS) -> Converter:
     expected = f"a number {'>=' if inclusive else '>'} {minimum:g}"
 
     def convert(value: object) -> float:
         result: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            result = float(value)
-        elif isinstance(value, str):
+            with contextlib.suppress(OverflowError):  # int too large for a float
+                result = float(value)
+        elif isinstance(value, str) and len(value) <= 40:
             with contextlib.suppress(ValueError):
                 result = float(value)
         if (
@@ -103,6 +117,8 @@ def number(minimum: float, *, inclusive: bool) -> Converter:
             or (result == minimum and not inclusive)
         ):
             raise ValueError(f"expected {expected}, got {_got(value)}")
+        if result > maximum:
+            raise ValueError(f"expected a number <= {maximum:g}, got {_got(value)}")
         return result
 
     return convert
@@ -358,7 +374,7 @@ class Config:
     )
     threads: int = setting(
         "--threads",
-        convert=integer(0),
+        convert=integer(0, 1024),
         default=0,
         metavar="N",
         help="thread pool size for blocking WSGI apps; 0 runs them inline",
@@ -388,7 +404,7 @@ class Config:
     )
     backlog: int = setting(
         "--backlog",
-        convert=integer(1),
+        convert=integer(1, MAX_INT),
         default=2048,
         reloadable=False,
         metavar="N",
@@ -441,7 +457,7 @@ class Config:
     workers: int = setting(
         "-w",
         "--workers",
-        convert=integer(1),
+        convert=integer(1, MAX_WORKERS),
         default_factory=usable_cpus,
         default_help="the number of usable CPUs",
         metavar="N",
@@ -458,7 +474,7 @@ class Config:
     )
     max_requests: int = setting(
         "--max-requests",
-        convert=integer(0),
+        convert=integer(0, MAX_COUNT),
         default=0,
         metavar="N",
         help="recycle a worker after this many requests; 0 never",
@@ -466,7 +482,7 @@ class Config:
     )
     max_requests_jitter: int = setting(
         "--max-requests-jitter",
-        convert=integer(0),
+        convert=integer(0, MAX_COUNT),
         default=0,
         metavar="N",
         help="add a random 0..N to --max-requests per worker, so they do not recycle together",
