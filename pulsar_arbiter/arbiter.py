@@ -107,6 +107,10 @@ class Arbiter:
     # -- start and stop -------------------------------------------------------------
 
     def run(self) -> int:
+        # Until the loop's handlers take over, a signal is only recorded (and acted on
+        # once the loop runs): a Ctrl-C while binding or importing must not traceback.
+        for signum in ARBITER_SIGNALS:
+            signal.signal(signum, self._record_early_signal)
         setup_logging(self.cfg)
         _set_title(f"pulsar_arbiter: arbiter [{self.cfg.name}]")
         try:
@@ -244,6 +248,13 @@ class Arbiter:
         return action.code
 
     async def _shutdown(self) -> None:
+        # We are exiting: another Ctrl-C (a second press, or the terminal's to the whole
+        # group) has nothing left to stop and must not interrupt the clean-up.
+        loop = asyncio.get_running_loop()
+        for signum in ARBITER_SIGNALS:
+            if signum != signal.SIGCHLD:
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
         for worker in list(self.sup.workers.values()):
             if worker.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -265,6 +276,9 @@ class Arbiter:
     def _record_signal(self, signum: int) -> None:
         self.signals.append(signum)
         self.wake()
+
+    def _record_early_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
 
     def _handle_signals(self) -> None:
         while self.signals:
