@@ -3,6 +3,21 @@
 A Unix socket (mode 0600, and the peer's uid checked with SO_PEERCRED) that takes one
 JSON request per line and answers one JSON line: ``{"command": "stats"}``,
 ``{"command": "reload"}``, ``{"command": "scale", "workers": N}``, ``{"command": "stop"}``.
+Every request gets an answer, an ``{"error": ...}`` one for anything malformed.
+
+Who trusts whom:
+
+* The arbiter keeps its socket only in a directory that no other user can write to: the
+  directory must be owned by the arbiter's user (or root) and not writable by group or
+  others, unless it is a sticky directory owned by root, like ``/tmp`` itself, where others
+  cannot remove or replace our files. Otherwise the control socket is disabled (the
+  arbiter logs why and serves on).
+* The arbiter answers clients of its own user and root; others get an error.
+* ``ctl`` checks who answers before sending anything (SO_PEERCRED). It talks to an arbiter
+  running as its own user. Root also talks to an arbiter of another user when told where
+  with ``--control-socket`` and that user owns the socket file (``sudo pulsar_arbiter ctl
+  --control-socket /run/app/ctl.sock stats`` for an arbiter run by ``app``), never at the
+  default path, which is per user: a socket there answered by anyone else is an impostor.
 """
 
 from __future__ import annotations
@@ -11,16 +26,21 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .config import default_control_socket
+from .config import MAX_WORKERS, default_control_socket
+from .ipc import MAX_DEPTH, nesting_exceeds
 
-__all__ = ["ControlServer", "ctl_main", "request"]
+__all__ = ["ControlServer", "ForeignServer", "check_directory", "ctl_main", "request"]
+
+logger = logging.getLogger("pulsar_arbiter.control")
 
 # One request line at most: commands are tiny; a peer sending more is not a client of ours.
 MAX_REQUEST = 4096
@@ -43,6 +63,40 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
+class ForeignServer(PermissionError):
+    """The control socket is answered by a process of a user ``ctl`` does not trust."""
+
+
+def check_directory(directory: str, uid: int | None = None) -> None:
+    """Raise PermissionError (one line) unless no user other than ``uid`` (default: our
+    effective uid) or root can put a socket of theirs in ``directory``: it is owned by
+    ``uid`` or root, and not writable by group or others (a sticky directory owned by root,
+    such as /tmp, is accepted: others cannot remove or replace our files there). A symlink
+    to it counts only if the link, too, is owned by ``uid`` or root."""
+    uid = os.geteuid() if uid is None else uid
+    trusted = {uid, 0}
+    link = os.lstat(directory)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in trusted:
+        raise PermissionError(
+            f"control directory {directory} is a symlink owned by uid {link.st_uid}, "
+            f"not by uid {uid}: refusing it"
+        )
+    info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"control directory {directory} is not a directory")
+    if info.st_uid not in trusted:
+        raise PermissionError(
+            f"control directory {directory} is owned by uid {info.st_uid}, not by uid {uid}: "
+            "refusing it (remove it, or choose another --control-socket)"
+        )
+    sticky_root = info.st_uid == 0 and info.st_mode & stat.S_ISVTX
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_root:
+        raise PermissionError(
+            f"control directory {directory} is writable by other users "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}): refusing it (chmod go-w, or remove it)"
+        )
+
+
 class ControlServer:
     """The arbiter's side of the control socket."""
 
@@ -60,9 +114,9 @@ class ControlServer:
         return [s.fileno() for s in socks if s is not None and s.fileno() >= 0]
 
     async def start(self) -> None:
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        check_directory(directory)
         if _answers(self.path):
             raise OSError(f"{self.path} is the control socket of a running arbiter")
         with contextlib.suppress(FileNotFoundError):
@@ -90,7 +144,7 @@ class ControlServer:
         self._clients.add(writer)
         try:
             sock = writer.get_extra_info("socket")
-            if peer_uid(sock) != os.geteuid():
+            if peer_uid(sock) not in (os.geteuid(), 0):
                 answer: dict[str, Any] = {"error": "permission denied: not the arbiter's user"}
             else:
                 try:
@@ -98,8 +152,8 @@ class ControlServer:
                 except ValueError:  # longer than the reader's limit
                     answer = {"error": "request too long"}
                 else:
-                    answer = await self._answer(line)
-            writer.write(json.dumps(answer).encode() + b"\n")
+                    answer = await self._safe_answer(line)
+            writer.write(_dump(answer))
             await writer.drain()
         except (OSError, asyncio.TimeoutError):
             pass
@@ -107,14 +161,30 @@ class ControlServer:
             self._clients.discard(writer)
             writer.close()
 
+    async def _safe_answer(self, line: bytes) -> dict[str, Any]:
+        """The answer to ``line``; an error answer, never an exception, whatever it is."""
+        try:
+            return await self._answer(line)
+        except Exception as exc:  # a bug of ours or of the target: answer, serve on
+            logger.exception("control request %.80r failed", line)
+            return {"error": f"internal error: {type(exc).__name__}: {exc}"}
+
     async def _answer(self, line: bytes) -> dict[str, Any]:
         if len(line) > MAX_REQUEST:
             return {"error": "request too long"}
+        if not line.strip():
+            return {"error": "empty request: expected one JSON object with a 'command' key"}
         try:
             request = json.loads(line)
-            command = request["command"]
-        except (ValueError, KeyError, TypeError):
+        except RecursionError:
+            return {"error": f"request nested deeper than {MAX_DEPTH} levels"}
+        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
             return {"error": "expected one JSON object with a 'command' key"}
+        if nesting_exceeds(request, MAX_DEPTH):
+            return {"error": f"request nested deeper than {MAX_DEPTH} levels"}
+        if not isinstance(request, dict) or "command" not in request:
+            return {"error": "expected one JSON object with a 'command' key"}
+        command = request["command"]
         if command == "stats":
             return await self.target.stats()
         if command == "reload":
@@ -124,10 +194,27 @@ class ControlServer:
             return {"ok": True, "result": "stopping"}
         if command == "scale":
             workers = request.get("workers")
-            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-                return {"error": "scale needs an integer number of workers >= 1"}
+            if (
+                not isinstance(workers, int)
+                or isinstance(workers, bool)
+                or not 1 <= workers <= MAX_WORKERS
+            ):
+                return {"error": f"scale needs an integer number of workers in 1..{MAX_WORKERS}"}
             return {"ok": True, "result": self.target.scale(workers)}
-        return {"error": f"unknown command {command!r}"}
+        return {"error": f"unknown command {_short(command)}"}
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _dump(answer: Any) -> bytes:
+    try:
+        return json.dumps(answer).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        logger.error("control answer cannot be encoded: %s", exc)
+        return json.dumps({"error": f"internal error: answer not JSON: {exc}"}).encode() + b"\n"
 
 
 def _answers(path: str) -> bool:
@@ -140,11 +227,40 @@ def _answers(path: str) -> bool:
     return True
 
 
-def request(path: str, payload: dict[str, Any], timeout: float = CLIENT_TIMEOUT) -> Any:
-    """Send one request to the control socket at ``path`` and return its answer."""
+def check_server(sock: socket.socket, path: str, *, explicit: bool) -> None:
+    """Raise ForeignServer unless the arbiter at the other end of ``sock`` is trusted:
+    it runs as our effective uid, or we are root, ``path`` was given explicitly
+    (``explicit``) and the arbiter's uid owns the socket file."""
+    me = os.geteuid()
+    uid = peer_uid(sock)
+    if uid == me:
+        return
+    if me == 0 and explicit:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_uid == uid:
+                return
+    raise ForeignServer(
+        f"refusing to talk to the server at {path}: it runs as uid {uid}, not as uid {me}"
+        + ("" if me != 0 or explicit else " (name it with --control-socket to trust its owner)")
+    )
+
+
+def request(
+    path: str,
+    payload: dict[str, Any],
+    timeout: float = CLIENT_TIMEOUT,
+    *,
+    explicit: bool = True,
+) -> Any:
+    """Send one request to the control socket at ``path`` and return its answer.
+
+    Raises ForeignServer (a PermissionError), before sending anything, if the server is
+    not trusted (see :func:`check_server`; ``explicit`` says ``path`` was named by the
+    user rather than computed)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
+        check_server(sock, path, explicit=explicit)
         sock.sendall(json.dumps(payload).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -172,9 +288,15 @@ def ctl_main(argv: Sequence[str]) -> int:
         payload["workers"] = args.workers
     path = args.control_socket or default_control_socket(args.name)
     try:
-        answer = request(path, payload)
+        answer = request(path, payload, explicit=args.control_socket is not None)
+    except ForeignServer as exc:
+        print(f"pulsar_arbiter ctl: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"pulsar_arbiter ctl: cannot reach the arbiter at {path}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError:  # closed without a whole JSON answer
+        print(f"pulsar_arbiter ctl: no valid answer from the arbiter at {path}", file=sys.stderr)
         return 1
     if isinstance(answer, dict) and "error" in answer:
         print(f"pulsar_arbiter ctl: {answer['error']}", file=sys.stderr)

@@ -28,10 +28,11 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_FRAME",
     "MAX_WRITE_BUFFER",
     "MESSAGE_TYPES",
@@ -65,6 +66,11 @@ MAX_FRAME = 64 * 1024
 #: peer drains its end between events; 1 MiB is many seconds of heartbeats and replies, so
 #: reaching it means a stuck or dead peer, and growing further would only waste memory.
 MAX_WRITE_BUFFER = 1024 * 1024
+
+#: Deepest nesting of arrays and objects accepted in a message. Ours are at most a few
+#: levels deep; the bound keeps whatever we accept re-encodable (the arbiter passes worker
+#: stats on to ``ctl stats``) far below Python's recursion limit, whatever the call depth.
+MAX_DEPTH = 32
 
 _HEADER = struct.Struct(">I")
 
@@ -188,11 +194,31 @@ def encode(msg: Mapping[str, Any]) -> bytes:
         payload = json.dumps(
             validate(dict(msg)), separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
-    except (ProtocolError, TypeError, ValueError) as exc:
+    except (ProtocolError, TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"cannot encode IPC message: {exc}") from None
+    if nesting_exceeds(msg, MAX_DEPTH):
+        raise ValueError(f"cannot encode IPC message: nested deeper than {MAX_DEPTH} levels")
     if len(payload) > MAX_FRAME:
         raise ValueError(f"IPC message too large: {len(payload)} bytes (max {MAX_FRAME})")
     return _HEADER.pack(len(payload)) + payload
+
+
+def nesting_exceeds(value: object, limit: int) -> bool:
+    """Do arrays and objects in the decoded JSON ``value`` nest deeper than ``limit``?
+    Iterative, so that it works on any depth."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _reject_constant(name: str) -> object:
@@ -204,6 +230,8 @@ def _decode_payload(payload: bytes) -> Message:
         value = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(f"invalid JSON payload: {exc}") from None
+    if nesting_exceeds(value, MAX_DEPTH):
+        raise ProtocolError(f"JSON payload nested deeper than {MAX_DEPTH} levels")
     return validate(value)
 
 
