@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+import resource
 import sys
 from collections.abc import Sequence
 
 from .config import PROG, ConfigError, load_config
 
-__all__ = ["main"]
+__all__ = ["main", "raise_nofile_limit"]
 
 # Exit status for a bad flag, value or config file: the user's fault, like argparse.
 EXIT_USAGE = 2
+
+LOGGER = logging.getLogger("pulsar_arbiter.arbiter")
+
+#: Where fs.nr_open, the ceiling of any process's open-file limit, is read.
+NR_OPEN = "/proc/sys/fs/nr_open"
+
+
+def raise_nofile_limit() -> tuple[int, int] | None:
+    """Raise the soft limit on open files to the hard limit; return (old, new) if changed.
+
+    Every connection is a file descriptor, and the usual soft limit (1024) is a leftover of
+    select(); the hard limit is what the administrator grants. Go and nginx
+    (``worker_rlimit_nofile``) do the same. Done before the arbiter forks, so that the
+    workers inherit it; an unlimited hard limit is capped at fs.nr_open, the kernel's
+    ceiling. Best effort: on any error the limit stays as it was.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard
+        if target == resource.RLIM_INFINITY:
+            with open(NR_OPEN, encoding="ascii") as file:
+                target = int(file.read())
+        if soft != resource.RLIM_INFINITY and soft >= target:
+            return None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return None
+    return soft, target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,4 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{PROG}: error: --error-log/--access-log: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    raised = raise_nofile_limit()
+    if raised is not None:
+        LOGGER.info("raised the open files limit (RLIMIT_NOFILE) from %d to %d", *raised)
     return Arbiter(cfg, args).run()
