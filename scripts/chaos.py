@@ -1551,7 +1551,10 @@ def double_ctrl_c(outcome: Outcome, home: Path, long: bool) -> None:
     # stop, while the loop closes, during the interpreter's exit.
     short = (0.002, 0.005, 0.008, 0.011, 0.015, 0.02, 0.03)
     gaps = tuple(i / 1000 for i in range(0, 61, 3)) if long else short
-    outcome.setup = f"workers.whoami:WhoAmI, 2 workers; killpg INT, INT after {gaps} s"
+    outcome.setup = (
+        f"workers.whoami:WhoAmI, 2 workers; killpg INT, then INT again "
+        f"{gaps[0] * 1000:g}-{gaps[-1] * 1000:g} ms later ({len(gaps)} trials)"
+    )
     results = []
     for number, gap in enumerate(gaps):
         with _arbiter(home / f"trial{number}", "workers.whoami:WhoAmI") as arbiter:
@@ -1606,7 +1609,7 @@ def write_reliability(outcomes: list[Outcome], when: str) -> None:
         "the killed worker held may fail) and `kill-arbiter` (the clients lose their server;",
         "what is promised is that nothing lingers and the port is free at once).",
         "",
-        f"Run: {when}.",
+        f"Run: {when}, on {revision()}.",
         "",
         "| scenario | setup | sent | ok | failed | failed by kind | checks |",
         "|---|---|---:|---:|---:|---|---|",
@@ -1635,6 +1638,30 @@ def write_reliability(outcomes: list[Outcome], when: str) -> None:
         )
     RELIABILITY_DOC.parent.mkdir(parents=True, exist_ok=True)
     RELIABILITY_DOC.write_text("\n".join(lines) + "\n")
+
+
+def revision() -> str:
+    """The commit the run was made on, and whether the runtime had uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pulsar_arbiter"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown revision"
+    return f"commit {commit}" + (" with uncommitted changes to pulsar_arbiter/" if dirty else "")
 
 
 def run_scenarios(names: list[str], long: bool, tmp: Path) -> list[Outcome]:
