@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import pwd
 import signal
 import socket
 import ssl
@@ -111,8 +112,25 @@ def reset_after_fork(spec: WorkerSpec) -> None:
 
 
 def _drop_privileges(cfg: Config) -> None:
-    if cfg.group is not None and os.getegid() != cfg.group:
-        os.setgid(cfg.group)
+    """Become ``--user``/``--group`` (after the arbiter bound any privileged port).
+
+    The supplementary groups go too: a worker that kept root's (group 0 among them)
+    could read what root made group-readable. They become the user's own groups.
+    """
+    if cfg.user is None and cfg.group is None:
+        return
+    gid = cfg.group if cfg.group is not None else os.getegid()
+    if os.geteuid() == 0:
+        name = None
+        if cfg.user is not None:
+            with contextlib.suppress(KeyError):
+                name = pwd.getpwuid(cfg.user).pw_name
+        if name is not None:
+            os.initgroups(name, gid)
+        else:
+            os.setgroups([gid])
+    if os.getegid() != gid:
+        os.setgid(gid)
     if cfg.user is not None and os.geteuid() != cfg.user:
         os.setuid(cfg.user)
 
@@ -137,12 +155,14 @@ def run_worker(spec: WorkerSpec) -> None:
     """The child process's entry point: serve until told to stop, then exit."""
     reset_after_fork(spec)
     _set_title(spec.cfg)
+    # The loop first: its modules are imported with the arbiter's rights, which may be
+    # the only ones that can read the Python install.
+    loop = new_loop(spec.cfg.loop)
     try:
         _drop_privileges(spec.cfg)
     except OSError as exc:
         LOGGER.error("cannot switch user/group: %s", exc)
         sys.exit(WORKER_BOOT_ERROR)
-    loop = new_loop(spec.cfg.loop)
     asyncio.set_event_loop(loop)
     try:
         code = loop.run_until_complete(Worker(spec, loop).main())

@@ -420,11 +420,6 @@ def supplementary_groups(pid: int) -> set[int]:
     raise AssertionError("no Groups line")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker.py _drop_privileges keeps the arbiter's supplementary groups: it needs "
-    "os.setgroups([]) (or os.initgroups) before setgid; worker.py is not ours to edit",
-)
 def test_workers_drop_supplementary_groups(tmp_path: Path) -> None:
     """A worker switched to nobody must not keep root's supplementary groups (group 0
     can read files root made group-readable)."""
