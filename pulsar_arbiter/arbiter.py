@@ -106,11 +106,13 @@ class Arbiter:
 
     # -- start and stop -------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, pending_signals: Sequence[int] = ()) -> int:
+        """Serve until stopped; ``pending_signals`` arrived before (recorded by the CLI)."""
         # Until the loop's handlers take over, a signal is only recorded (and acted on
         # once the loop runs): a Ctrl-C while binding or importing must not traceback.
         for signum in ARBITER_SIGNALS:
             signal.signal(signum, self._record_early_signal)
+        self.signals.extend(pending_signals)
         setup_logging(self.cfg)
         _set_title(f"pulsar_arbiter: arbiter [{self.cfg.name}]")
         try:
@@ -514,7 +516,7 @@ class Arbiter:
         blocked = self.sup.replacement_blocked_generation
         worker = self.sup.exited(worker_id, code, time.monotonic())
         if worker is not None:
-            self.dead_requests += int(worker.stats.get("requests", 0))
+            self.dead_requests += _count(worker.stats, "requests")
             if code == WORKER_BOOT_ERROR and not worker.reason:
                 worker.reason = "failed to boot"
             LOGGER.log(
@@ -545,13 +547,13 @@ class Arbiter:
         dead_requests = self.dead_requests
         fresh = await asyncio.gather(*(self._worker_stats(w) for w in workers))
         totals = {
-            "requests": dead_requests + sum(int(w.get("requests", 0)) for w in fresh),
-            "connections": sum(int(w.get("connections", 0)) for w in fresh),
+            "requests": dead_requests + sum(_count(w, "requests") for w in fresh),
+            "connections": sum(_count(w, "connections") for w in fresh),
             "workers": len(fresh),
             "spawned": self.spawned,
             "recycles": self.sup.recycles,
             "exited": self.sup.exits,
-            "rss": sum(int(w.get("rss", 0)) for w in fresh),
+            "rss": sum(_count(w, "rss") for w in fresh),
         }
         return {
             "arbiter": {
@@ -612,6 +614,14 @@ def _process_usage(pid: int) -> dict[str, Any]:
             return {"rss": proc.memory_info().rss, "cpu": times.user + times.system}
     except psutil.Error:
         return {"rss": 0, "cpu": 0.0}
+
+
+def _count(stats: dict[str, Any], key: str) -> int:
+    """A counter from a worker's stats; what is not a count (a bad heartbeat) is 0."""
+    value = stats.get(key, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
 
 
 def _describe_exit(code: int | None) -> str:

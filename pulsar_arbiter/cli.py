@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .control import ctl_main
 
         return ctl_main(args[1:])
+    # From here until the arbiter's handlers take over, a stop signal is recorded and
+    # handed to the arbiter (a Ctrl-C while starting stops it, without a traceback).
+    pending: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda received, frame: pending.append(received))
     try:
         cfg = load_config(args)
     except ConfigError as exc:
@@ -65,4 +71,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     raised = raise_nofile_limit()
     if raised is not None:
         LOGGER.info("raised the open files limit (RLIMIT_NOFILE) from %d to %d", *raised)
-    return Arbiter(cfg, args).run()
+    return Arbiter(cfg, args).run(pending)
