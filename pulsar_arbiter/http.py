@@ -1300,6 +1300,11 @@ class HttpConnection(Connection):
         return self._close_after_request or self._drain_close
 
     def _idle_timeout(self) -> None:
+        if self._parsing is not None and self._current_consumer is None:
+            # A head still arriving after the whole keep-alive timeout (a slowloris
+            # client, a stalled one): it will not be served; say so, then close.
+            self._peer_error(408, f"request head not received within {self._timeout:g}s")
+            return
         if self._draining:
             # A request already on the wire gets our FIN, not a reset.
             self._linger_on_close = True

@@ -518,6 +518,29 @@ def test_a_head_sent_slowly_is_bounded_too(run: Runner) -> None:
     run(main())
 
 
+def test_a_head_trickled_past_the_keep_alive_timeout_gets_408(run: Runner) -> None:
+    """A slowloris client sending a byte now and then is closed at the keep-alive timeout
+    counted from its connect (or its last answer), with a 408; a normal client is not."""
+
+    async def main() -> None:
+        async with serving(describe, keep_alive=0.3) as server:
+            reader, writer = await connect(server)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            for _ in range(10):
+                await asyncio.sleep(0.05)
+                if writer.is_closing():
+                    break
+                writer.write(b"X: y\r\n")
+            reply = await read_reply(reader)
+            assert reply.status == 408
+            assert reply.header("connection") == "close"
+            assert await read_eof(reader) == b""
+            writer.close()
+            assert (await fetch(server, get())).status == 200
+
+    run(main())
+
+
 def test_a_header_that_never_ends_is_bounded(run: Runner) -> None:
     async def main() -> None:
         async with serving(describe, limits=LIMITS) as server:
