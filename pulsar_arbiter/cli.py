@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .config import PROG, ConfigError, load_config
+from .ops.config import PROG, ConfigError, load_config
 
 __all__ = ["main", "raise_nofile_limit"]
 
@@ -47,7 +47,7 @@ def raise_nofile_limit() -> tuple[int, int] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["ctl"]:
-        from .control import ctl_main
+        from .ops.control import ctl_main
 
         return ctl_main(args[1:])
     # From here until the arbiter's handlers take over, a stop signal is recorded and
@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .arbiter import Arbiter
-    from .logs import setup_logging
+    from .ops.logs import setup_logging
+    from .runtime.arbiter import Arbiter
 
     try:
         setup_logging(cfg)  # the arbiter sets it up again in run(): idempotent

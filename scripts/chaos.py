@@ -8,7 +8,7 @@ runs these client kinds concurrently:
   as soon as the previous answer is read whole. An answer with ``Connection: close``
   makes the client reconnect for the next request: that is not a failure;
 * ``tcp-persistent``: N persistent connections of a line protocol (send a line, read the
-  echoed line; ``<pid> <line>`` answers, as ``workers/`` apps give, tell which worker
+  echoed line; ``<pid> <line>`` answers, as ``testapps/`` apps give, tell which worker
   served the connection);
 * ``tcp-fresh``: the same line protocol, a new connection per request;
 * ``udp``: datagrams with sequence numbers, one outstanding per client (lost, late,
@@ -874,7 +874,7 @@ def http_hup_keepalive(outcome: Outcome, home: Path, long: bool) -> None:
     """64 keep-alive connections through HUPs: 0 failed."""
     count, gap = _hup_plan(long)
     clients = Clients(http_keepalive=64)
-    _hup_scenario(outcome, home, "workers.hello:raw", ("--http",), clients, count, gap)
+    _hup_scenario(outcome, home, "testapps.hello:raw", ("--http",), clients, count, gap)
 
 
 @scenario("http-recycle-keepalive", "`--http` raw, `--max-requests` recycling, keep-alive client")
@@ -883,14 +883,14 @@ def http_recycle_keepalive(outcome: Outcome, home: Path, long: bool) -> None:
     limit, jitter, duration, least = ("5000", "1000", 10.0, 6) if long else ("2000", "500", 4.0, 2)
     args = ("--http", "--max-requests", limit, "--max-requests-jitter", jitter)
     clients = Clients(http_keepalive=64)
-    _recycle_scenario(outcome, home, "workers.hello:raw", args, clients, duration, least)
+    _recycle_scenario(outcome, home, "testapps.hello:raw", args, clients, duration, least)
 
 
 @scenario("wsgi-hup-keepalive", "`--wsgi` inline, 10 HUPs, keep-alive")
 def wsgi_hup_keepalive(outcome: Outcome, home: Path, long: bool) -> None:
     count, gap = _hup_plan(long)
     clients = Clients(http_keepalive=64)
-    _hup_scenario(outcome, home, "workers.hello:wsgi", ("--wsgi",), clients, count, gap)
+    _hup_scenario(outcome, home, "testapps.hello:wsgi", ("--wsgi",), clients, count, gap)
 
 
 @scenario("wsgi-threads-hup-keepalive", "`--wsgi --threads 4`, 10 HUPs, keep-alive")
@@ -898,7 +898,7 @@ def wsgi_threads_hup_keepalive(outcome: Outcome, home: Path, long: bool) -> None
     count, gap = _hup_plan(long)
     clients = Clients(http_keepalive=64)
     args = ("--wsgi", "--threads", "4")
-    _hup_scenario(outcome, home, "workers.hello:wsgi", args, clients, count, gap)
+    _hup_scenario(outcome, home, "testapps.hello:wsgi", args, clients, count, gap)
 
 
 @scenario("wsgi-recycle-fresh", "`--wsgi`, recycles, new connection per request")
@@ -906,14 +906,14 @@ def wsgi_recycle_fresh(outcome: Outcome, home: Path, long: bool) -> None:
     limit, duration, least = ("1000", 10.0, 6) if long else ("400", 4.0, 2)
     args = ("--wsgi", "--max-requests", limit, "--max-requests-jitter", "100")
     clients = Clients(http_fresh=16)
-    _recycle_scenario(outcome, home, "workers.hello:wsgi", args, clients, duration, least)
+    _recycle_scenario(outcome, home, "testapps.hello:wsgi", args, clients, duration, least)
 
 
 @scenario("wsgi-hup-fresh", "`--wsgi`, 10 HUPs, new connection per request")
 def wsgi_hup_fresh(outcome: Outcome, home: Path, long: bool) -> None:
     count, gap = _hup_plan(long)
     clients = Clients(http_fresh=16)
-    _hup_scenario(outcome, home, "workers.hello:wsgi", ("--wsgi",), clients, count, gap)
+    _hup_scenario(outcome, home, "testapps.hello:wsgi", ("--wsgi",), clients, count, gap)
 
 
 @scenario(
@@ -925,7 +925,7 @@ def tcp_hup_persistent_handoff(outcome: Outcome, home: Path, long: bool) -> None
     connections were moved to the new workers (answered by a new pid, no reconnect)."""
     count, gap = _hup_plan(long)
     clients = Clients(tcp_persistent=64)
-    app = "workers.whoami:WhoAmI"
+    app = "testapps.whoami:WhoAmI"
     _hup_scenario(outcome, home, app, ("--handoff",), clients, count, gap)
     moved = int(outcome.figures.get("connections_moved_to_another_worker", 0))
     outcome.check("connections handed to the new workers (same connection, new pid)", moved > 0)
@@ -935,7 +935,7 @@ def tcp_hup_persistent_handoff(outcome: Outcome, home: Path, long: bool) -> None
 def http_many_hups_fresh(outcome: Outcome, home: Path, long: bool) -> None:
     count = 100 if long else 15
     clients = Clients(http_fresh=16)
-    _hup_scenario(outcome, home, "workers.hello:raw", ("--http",), clients, count, (0.1, 0.3))
+    _hup_scenario(outcome, home, "testapps.hello:raw", ("--http",), clients, count, (0.1, 0.3))
 
 
 @scenario("udp-hup", "UDP with sequence numbers, 10 HUPs")
@@ -943,8 +943,8 @@ def udp_hup(outcome: Outcome, home: Path, long: bool) -> None:
     """Datagrams through HUPs: none lost, duplicated or mismatched."""
     count, gap = _hup_plan(long)
     clients = Clients(udp=16)
-    outcome.setup = f"workers.whoami:WhoAmI on udp://, 2 workers, 16 udp, {count} HUPs"
-    with _arbiter(home, "workers.whoami:WhoAmI", "--bind", f"udp://{HOST}:0") as arbiter:
+    outcome.setup = f"testapps.whoami:WhoAmI on udp://, 2 workers, 16 udp, {count} HUPs"
+    with _arbiter(home, "testapps.whoami:WhoAmI", "--bind", f"udp://{HOST}:0") as arbiter:
         arbiter.wait_serving()
         binds = arbiter.stats()["arbiter"]["binds"]
         udp_port = int(next(b for b in binds if b.startswith("udp://")).rpartition(":")[2])
@@ -1088,11 +1088,11 @@ def _nginx_scenario(outcome: Outcome, home: Path, long: bool, method: str) -> No
     clients = Clients(http_keepalive=64, method=method, body=body)
     outcome.setup = (
         f"nginx (upstream keepalive 64, keepalive_timeout {int(keep_alive / 2)}s) -> "
-        f"--http workers.hello:raw --keep-alive {keep_alive:g}, 2 workers, "
+        f"--http testapps.hello:raw --keep-alive {keep_alive:g}, 2 workers, "
         f"{clients.describe()}, {count} HUPs"
     )
     args = ("--http", "--keep-alive", f"{keep_alive:g}")
-    with _arbiter(home / "arbiter", "workers.hello:raw", *args) as arbiter:
+    with _arbiter(home / "arbiter", "testapps.hello:raw", *args) as arbiter:
         arbiter.wait_serving()
         with nginx(home / "nginx", arbiter.port, keep_alive) as (port, error_log):
             driver = Driver(port)
@@ -1145,8 +1145,8 @@ def kill_worker(outcome: Outcome, home: Path, long: bool) -> None:
     persistent, fresh = (64, 16) if long else (32, 8)
     # Started 10 ms apart, the connections spread over both workers.
     clients = Clients(tcp_persistent=persistent, tcp_fresh=fresh, ramp=0.01)
-    outcome.setup = f"workers.whoami:WhoAmI, 2 workers, {clients.describe()}, one SIGKILL"
-    with _arbiter(home, "workers.whoami:WhoAmI") as arbiter:
+    outcome.setup = f"testapps.whoami:WhoAmI, 2 workers, {clients.describe()}, one SIGKILL"
+    with _arbiter(home, "testapps.whoami:WhoAmI") as arbiter:
         arbiter.wait_serving()
         workers = arbiter.worker_pids()
         driver = Driver(arbiter.port)
@@ -1206,9 +1206,9 @@ def kill_worker(outcome: Outcome, home: Path, long: bool) -> None:
 def kill_arbiter(outcome: Outcome, home: Path, long: bool) -> None:
     clients = Clients(tcp_persistent=16, tcp_fresh=4)
     outcome.setup = (
-        f"workers.whoami:WhoAmI, 2 workers, {clients.describe()}, SIGKILL to the arbiter"
+        f"testapps.whoami:WhoAmI, 2 workers, {clients.describe()}, SIGKILL to the arbiter"
     )
-    with _arbiter(home, "workers.whoami:WhoAmI") as arbiter:
+    with _arbiter(home, "testapps.whoami:WhoAmI") as arbiter:
         arbiter.wait_serving()
         port = arbiter.port
         tree = [psutil.Process(arbiter.pid), *(psutil.Process(p) for p in arbiter.worker_pids())]
@@ -1278,10 +1278,12 @@ def stuck_worker(outcome: Outcome, home: Path, long: bool) -> None:
     timeout = 2.0
     busy = 6.0 if long else 3.0
     outcome.setup = (
-        f"workers.faulty:Faulty --timeout {timeout:g}, 1 worker: busy {busy:g}, block 30"
+        f"testapps.faulty:Faulty --timeout {timeout:g}, 1 worker: busy {busy:g}, block 30"
     )
     tally = outcome.by_client.setdefault("tcp-fresh", Tally())
-    with _arbiter(home, "workers.faulty:Faulty", "--timeout", f"{timeout:g}", workers=1) as arbiter:
+    with _arbiter(
+        home, "testapps.faulty:Faulty", "--timeout", f"{timeout:g}", workers=1
+    ) as arbiter:
         arbiter.wait_serving()
         port, (pid,) = arbiter.port, arbiter.worker_pids()
 
@@ -1331,9 +1333,9 @@ def boot_crash(outcome: Outcome, home: Path, long: bool) -> None:
     """A serving worker dies; every replacement crashes at boot: the arbiter retries
     with a growing delay, then exits with status 3 and the reason in its log."""
     flag = home / "crash.flag"
-    outcome.setup = "workers.boot_flag:app, 1 worker; flag set, the worker killed"
+    outcome.setup = "testapps.boot_flag:app, 1 worker; flag set, the worker killed"
     env = {"CHAOS_CRASH_FLAG": str(flag)}
-    with _arbiter(home, "workers.boot_flag:app", workers=1, env=env) as arbiter:
+    with _arbiter(home, "testapps.boot_flag:app", workers=1, env=env) as arbiter:
         arbiter.wait_serving()
         (pid,) = arbiter.worker_pids()
         flag.touch()
@@ -1367,11 +1369,11 @@ def term_slow(outcome: Outcome, home: Path, long: bool) -> None:
     within the graceful timeout, and every connection attempted after the TERM is
     refused at once (ECONNREFUSED), not accepted then reset, not left hanging."""
     delay, count, grace = (3.0, 32, 10) if long else (1.5, 8, 5)
-    outcome.setup = f"workers.slow:Slow (delay {delay:g} s), 2 workers, {count} in flight, TERM"
+    outcome.setup = f"testapps.slow:Slow (delay {delay:g} s), 2 workers, {count} in flight, TERM"
     env = {"SLOW_DELAY": f"{delay:g}"}
     args = ("--graceful-timeout", str(grace))
     probes: Counter[str] = Counter()
-    with _arbiter(home, "workers.slow:Slow", *args, env=env) as arbiter:
+    with _arbiter(home, "testapps.slow:Slow", *args, env=env) as arbiter:
         arbiter.wait_serving()
         port = arbiter.port
         driver = Driver(port, timeout=delay + grace + 5, max_requests=count)
@@ -1434,8 +1436,8 @@ def quick_hups_flat(outcome: Outcome, home: Path, long: bool) -> None:
     count = 100
     gap = (0.02, 0.05) if long else (0.005, 0.02)
     clients = Clients(tcp_fresh=4)
-    outcome.setup = f"workers.whoami:WhoAmI, 2 workers, {clients.describe()}, {count} HUPs"
-    with _arbiter(home, "workers.whoami:WhoAmI") as arbiter:
+    outcome.setup = f"testapps.whoami:WhoAmI, 2 workers, {clients.describe()}, {count} HUPs"
+    with _arbiter(home, "testapps.whoami:WhoAmI") as arbiter:
         arbiter.wait_serving()
         me = psutil.Process(arbiter.pid)
         samples: dict[str, dict[str, int]] = {}
@@ -1475,12 +1477,14 @@ def pid1_orphans(outcome: Outcome, home: Path, long: bool) -> None:
     not used here (they would remember the wrong pids): readiness is read from the log
     and from answers, and the processes are judged from outside with psutil."""
     orphans = 100 if long else 10
-    outcome.setup = f"unshare --pid --fork --mount-proc, workers.orphans:Orphans, {orphans} orphans"
+    outcome.setup = (
+        f"unshare --pid --fork --mount-proc, testapps.orphans:Orphans, {orphans} orphans"
+    )
     unshare = shutil.which("unshare")
     if unshare is None:
         raise AssertionError("unshare (util-linux) is not installed")
     port = free_port()
-    arbiter = _arbiter(home, "workers.orphans:Orphans", bind=f"{HOST}:{port}")
+    arbiter = _arbiter(home, "testapps.orphans:Orphans", bind=f"{HOST}:{port}")
     arbiter.argv = [unshare, "--pid", "--fork", "--mount-proc", "--kill-child", *arbiter.argv]
     tally = outcome.by_client.setdefault("tcp-fresh", Tally())
     proc = None
@@ -1552,12 +1556,12 @@ def double_ctrl_c(outcome: Outcome, home: Path, long: bool) -> None:
     short = (0.002, 0.005, 0.008, 0.011, 0.015, 0.02, 0.03)
     gaps = tuple(i / 1000 for i in range(0, 61, 3)) if long else short
     outcome.setup = (
-        f"workers.whoami:WhoAmI, 2 workers; killpg INT, then INT again "
+        f"testapps.whoami:WhoAmI, 2 workers; killpg INT, then INT again "
         f"{gaps[0] * 1000:g}-{gaps[-1] * 1000:g} ms later ({len(gaps)} trials)"
     )
     results = []
     for number, gap in enumerate(gaps):
-        with _arbiter(home / f"trial{number}", "workers.whoami:WhoAmI") as arbiter:
+        with _arbiter(home / f"trial{number}", "testapps.whoami:WhoAmI") as arbiter:
             arbiter.wait_serving()
             workers = arbiter.worker_pids()
             os.killpg(arbiter.pid, signal.SIGINT)

@@ -2,7 +2,7 @@
 
 Everything here talks to the runtime the way an operator or a client would: real TCP
 sockets on 127.0.0.1, real signals, the control socket, psutil for the process tree. No
-import of the runtime's internals except :func:`pulsar_arbiter.control.request`, the
+import of the runtime's internals except :func:`pulsar_arbiter.ops.control.request`, the
 control socket's client.
 
 Waits are polls of a condition with a deadline (:func:`wait_until`), never fixed sleeps.
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from pulsar_arbiter.control import request as control_request
+from pulsar_arbiter.ops.control import request as control_request
 
 __all__ = [
     "REPO_ROOT",
@@ -316,7 +316,7 @@ class Arbiter:
     def __init__(
         self,
         tmp_path: Path,
-        app: str | None = "workers.whoami:WhoAmI",
+        app: str | None = "testapps.whoami:WhoAmI",
         *args: str,
         workers: int = 2,
         env: Mapping[str, str] | None = None,

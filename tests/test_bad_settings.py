@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pulsar_arbiter.config import SETTINGS, ConfigError, Setting, load_config
+from pulsar_arbiter.ops.config import SETTINGS, ConfigError, Setting, load_config
 from tests.runtime import REPO_ROOT
 
 HUGE = [10**20, -(10**20), 2**63, 2**64, -(2**63) - 1, 10**400]

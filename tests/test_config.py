@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pulsar_arbiter.config import (
+from pulsar_arbiter.ops.binds import BindSpec
+from pulsar_arbiter.ops.config import (
     SETTINGS,
     Config,
     ConfigError,
@@ -23,7 +24,6 @@ from pulsar_arbiter.config import (
     unreloadable_changes,
     usable_cpus,
 )
-from pulsar_arbiter.sockets import BindSpec
 
 
 def error_of(argv: list[str]) -> str:
@@ -86,7 +86,7 @@ def test_defaults() -> None:
 def test_every_flag_parses() -> None:
     config = load_config(
         [
-            "workers.slow:Slow",
+            "testapps.slow:Slow",
             "--bind=:8000",
             "-b",
             "udp://[::1]:9000",
@@ -133,7 +133,7 @@ def test_every_flag_parses() -> None:
             "8",
         ]
     )
-    assert config.app == "workers.slow:Slow"
+    assert config.app == "testapps.slow:Slow"
     assert [str(spec) for spec in config.bind] == [
         "tcp://0.0.0.0:8000",
         "udp://[::1]:9000",

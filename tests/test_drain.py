@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pulsar_arbiter import Connection, TcpServer
-from pulsar_arbiter.handoff import HandoffReceiver, HandoffSender, handoff_socketpair
 from pulsar_arbiter.http import HttpConnection, HttpRequest, Response, http_protocol_factory
 from pulsar_arbiter.protocols import DRAIN_IDLE
+from pulsar_arbiter.runtime.handoff import HandoffReceiver, HandoffSender, handoff_socketpair
 from tests.conftest import Runner
 from tests.consumers import Line, port_of, wait_for
 from tests.test_http import connect, get, read_eof, read_reply

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pulsar_arbiter import ipc
-from pulsar_arbiter.control import MAX_REQUEST, ControlServer
+from pulsar_arbiter.ops.control import MAX_REQUEST, ControlServer
 from tests.runtime import Arbiter, whoami
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1220,7 +1220,7 @@ def test_static_bytes() -> None:
 
 
 def test_hello_worker_apps() -> None:
-    from workers import hello
+    from testapps import hello
 
     response = hello.raw(None)  # type: ignore[arg-type]
     assert response.body == b"Hello, World!"

@@ -128,7 +128,7 @@ def held_connections(pids: set[int], port: int) -> int:
 
 def test_idle_and_slowloris_while_serving(tmp_path: Path, nofile: tuple[int, int]) -> None:
     _, hard = nofile
-    arbiter = Arbiter(tmp_path, "workers.hello:raw", "--http", "--keep-alive", "60", workers=2)
+    arbiter = Arbiter(tmp_path, "testapps.hello:raw", "--http", "--keep-alive", "60", workers=2)
     # The arbiter starts with the common default soft limit: it must raise its own.
     resource.setrlimit(resource.RLIMIT_NOFILE, (DEFAULT_SOFT, hard))
     try:

@@ -1,6 +1,6 @@
 """The runtime for real: ``python -m pulsar_arbiter`` in a subprocess, judged from outside.
 
-Each test starts the real command from the repository root (``workers/`` holds the apps it
+Each test starts the real command from the repository root (``testapps/`` holds the apps it
 serves), talks to it over real sockets on 127.0.0.1, signals it with real signals and
 reads ``ctl stats`` from its control socket. Nothing is mocked.
 
@@ -108,7 +108,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     """Start arbiters (``Arbiter`` arguments); all stopped and their logs printed after."""
     started: list[Arbiter] = []
 
-    def start(app: str | None = "workers.whoami:WhoAmI", *args: str, **kw: Any) -> Arbiter:
+    def start(app: str | None = "testapps.whoami:WhoAmI", *args: str, **kw: Any) -> Arbiter:
         home = tmp_path / f"arbiter{len(started)}"
         home.mkdir()
         arbiter = Arbiter(home, app, *args, **kw)
@@ -175,7 +175,7 @@ def test_two_workers_serve_and_the_arbiter_answers_nothing(start: Start) -> None
 
 
 def test_term_drains_in_flight_requests_and_exits_0(start: Start) -> None:
-    arbiter = start("workers.slow:Slow", workers=2, env={"SLOW_DELAY": "1.5"}).wait_serving()
+    arbiter = start("testapps.slow:Slow", workers=2, env={"SLOW_DELAY": "1.5"}).wait_serving()
     workers = arbiter.worker_pids()
     requests = InFlight(arbiter.port, 6).start()
     wait_until(
@@ -192,7 +192,7 @@ def test_term_drains_in_flight_requests_and_exits_0(start: Start) -> None:
 
 def test_term_cuts_requests_longer_than_the_graceful_timeout(start: Start) -> None:
     arbiter = start(
-        "workers.slow:Slow", "--graceful-timeout", "1", workers=1, env={"SLOW_DELAY": "30"}
+        "testapps.slow:Slow", "--graceful-timeout", "1", workers=1, env={"SLOW_DELAY": "30"}
     ).wait_serving()
     requests = InFlight(arbiter.port, 2).start()
     wait_until(lambda: arbiter.stats()["totals"]["connections"] == 2, 5.0, "the requests in flight")
@@ -212,7 +212,7 @@ def test_int_and_quit_stop_at_once_without_draining(
     start: Start, first: int | None, signum: int
 ) -> None:
     """A fast stop does not drain; sent during a graceful stop, it cuts that drain short."""
-    arbiter = start("workers.slow:Slow", workers=2, env={"SLOW_DELAY": "60"}).wait_serving()
+    arbiter = start("testapps.slow:Slow", workers=2, env={"SLOW_DELAY": "60"}).wait_serving()
     port, workers = arbiter.port, arbiter.worker_pids()
     with socket.create_connection((HOST, port), timeout=10.0) as client:
         client.sendall(b"never answered\n")
@@ -269,7 +269,7 @@ def test_max_requests_recycles_with_no_failed_request(
     start: Start, workers: int, loop: str
 ) -> None:
     arbiter = start(
-        "workers.whoami:WhoAmI",
+        "testapps.whoami:WhoAmI",
         *("--max-requests", str(RECYCLE_MAX), "--loop", loop),
         workers=workers,
     ).wait_serving()
@@ -316,7 +316,7 @@ def _tcp_migrate_req() -> bool:
 def test_reuse_port_workers_serve_every_connection(start: Start) -> None:
     """With --reuse-port each worker listens on its own socket; the arbiter's socket only
     keeps the port (a listening one would get its share of connections, never served)."""
-    arbiter = start("workers.whoami:WhoAmI", "--reuse-port", workers=2).wait_serving()
+    arbiter = start("testapps.whoami:WhoAmI", "--reuse-port", workers=2).wait_serving()
     port, workers = arbiter.port, arbiter.worker_pids()
     assert port != 0
     served = {whoami(port, f"r{i}") for i in range(60)}
@@ -334,7 +334,7 @@ def test_reuse_port_workers_serve_every_connection(start: Start) -> None:
 )
 def test_reuse_port_recycles_with_no_failed_request(start: Start) -> None:
     arbiter = start(
-        "workers.whoami:WhoAmI", "--reuse-port", "--max-requests", str(RECYCLE_MAX), workers=2
+        "testapps.whoami:WhoAmI", "--reuse-port", "--max-requests", str(RECYCLE_MAX), workers=2
     ).wait_serving()
     load = Load(arbiter.port, concurrency=CONCURRENCY, total=RECYCLE_REQUESTS).start()
     result = load.join(25.0)
@@ -346,7 +346,7 @@ def test_reuse_port_recycles_with_no_failed_request(start: Start) -> None:
 def test_recycles_drain_the_requests_in_flight(start: Start) -> None:
     """Slow requests are in flight whenever a worker retires: each must still be answered."""
     arbiter = start(
-        "workers.slow:Slow", "--max-requests", "10", workers=2, env={"SLOW_DELAY": "0.05"}
+        "testapps.slow:Slow", "--max-requests", "10", workers=2, env={"SLOW_DELAY": "0.05"}
     ).wait_serving()
     result = Load(arbiter.port, concurrency=CONCURRENCY, total=240).start().join(25.0)
     arbiter.remember(result.pids)
@@ -357,7 +357,7 @@ def test_recycles_drain_the_requests_in_flight(start: Start) -> None:
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_hup_replaces_every_worker_with_no_failed_request(start: Start, loop: str) -> None:
-    arbiter = start("workers.whoami:WhoAmI", "--loop", loop, workers=2).wait_serving()
+    arbiter = start("testapps.whoami:WhoAmI", "--loop", loop, workers=2).wait_serving()
     port, old = arbiter.port, arbiter.worker_pids()
     with Load(port, concurrency=CONCURRENCY) as load:
         wait_until(lambda: load.ok >= 200, 10.0, "load before the reload")
@@ -400,7 +400,7 @@ def _assert_replaced_before_retired(log: str, reason: str, initial: int) -> None
     assert stopped, f"no worker stopped for {reason}"
 
 
-HUP_APP = "from workers.whoami import WhoAmI as App\n"
+HUP_APP = "from testapps.whoami import WhoAmI as App\n"
 BROKEN_APP = "raise RuntimeError('hupapp: broken on purpose')\n"
 
 
@@ -502,7 +502,7 @@ def test_ttin_and_ttou_change_the_worker_count_never_below_one(start: Start) -> 
 
 def test_kill_9_of_the_arbiter_frees_the_port_and_leaves_no_worker(start: Start) -> None:
     """The workers notice, finish what they are serving, exit: nothing lingers."""
-    arbiter = start("workers.slow:Slow", workers=2, env={"SLOW_DELAY": "1"}).wait_serving()
+    arbiter = start("testapps.slow:Slow", workers=2, env={"SLOW_DELAY": "1"}).wait_serving()
     port, workers = arbiter.port, arbiter.worker_pids()
     requests = InFlight(port, 4).start()
     wait_until(lambda: arbiter.stats()["totals"]["connections"] == 4, 5.0, "the requests in flight")
@@ -528,7 +528,7 @@ def test_kill_9_of_the_arbiter_frees_the_port_and_leaves_no_worker(start: Start)
 
 
 def test_blocked_worker_is_killed_after_the_timeout_and_replaced(start: Start) -> None:
-    arbiter = start("workers.faulty:Faulty", "--timeout", "2", workers=1).wait_serving()
+    arbiter = start("testapps.faulty:Faulty", "--timeout", "2", workers=1).wait_serving()
     port, (victim,) = arbiter.port, arbiter.worker_pids()
     blocked = socket.create_connection((HOST, port))
     try:
@@ -549,7 +549,7 @@ def test_blocked_worker_is_killed_after_the_timeout_and_replaced(start: Start) -
 
 
 def test_busy_but_beating_worker_is_not_killed(start: Start) -> None:
-    arbiter = start("workers.faulty:Faulty", "--timeout", "2", workers=1).wait_serving()
+    arbiter = start("testapps.faulty:Faulty", "--timeout", "2", workers=1).wait_serving()
     port, (pid,) = arbiter.port, arbiter.worker_pids()
     assert exchange(port, b"busy 4", timeout=15.0) == b"%d done" % pid
     assert arbiter.worker_pids() == {pid}
@@ -557,9 +557,9 @@ def test_busy_but_beating_worker_is_not_killed(start: Start) -> None:
 
 
 BAD_APPS = {
-    "workers.faulty_import:X": "faulty_import: this module fails to import on purpose",
-    "workers.no_such_module:X": "No module named 'workers.no_such_module'",
-    "workers.faulty:boot_crash": "boot_crash: this app fails to start on purpose",
+    "testapps.faulty_import:X": "faulty_import: this module fails to import on purpose",
+    "testapps.no_such_module:X": "No module named 'testapps.no_such_module'",
+    "testapps.faulty:boot_crash": "boot_crash: this app fails to start on purpose",
 }
 
 
@@ -587,7 +587,7 @@ def test_bad_flag_exits_2_with_one_line_naming_it(flag: str, value: str, tmp_pat
             sys.executable,
             "-m",
             "pulsar_arbiter",
-            "workers.whoami:WhoAmI",
+            "testapps.whoami:WhoAmI",
             flag,
             value,
             "--control-socket",
@@ -606,7 +606,7 @@ def test_bad_flag_exits_2_with_one_line_naming_it(flag: str, value: str, tmp_pat
 
 
 def test_raising_consumer_closes_only_its_connection(start: Start) -> None:
-    arbiter = start("workers.faulty:Faulty", workers=1).wait_serving()
+    arbiter = start("testapps.faulty:Faulty", workers=1).wait_serving()
     port, (pid,) = arbiter.port, arbiter.worker_pids()
     with socket.create_connection((HOST, port), timeout=5.0) as other:
         assert exchange(port, b"echo first") == b"%d first" % pid

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pulsar_arbiter.control import ControlServer, ForeignServer, check_directory, request
+from pulsar_arbiter.ops.control import ControlServer, ForeignServer, check_directory, request
 from tests.runtime import REPO_ROOT, Arbiter, wait_until, whoami
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -369,7 +369,7 @@ def check_listening(arbiter: Arbiter, port: int, workers: set[int]) -> None:
 
 
 def test_no_listening_socket_beyond_the_binds(tmp_path: Path) -> None:
-    with Arbiter(tmp_path, "workers.hello:raw", "--http", workers=2) as arbiter:
+    with Arbiter(tmp_path, "testapps.hello:raw", "--http", workers=2) as arbiter:
         arbiter.wait_serving()
         check_listening(arbiter, arbiter.port, arbiter.worker_pids())
 
@@ -380,7 +380,7 @@ def test_no_listening_socket_beyond_the_binds(tmp_path: Path) -> None:
 PRIVILEGED_APP = """
 import concurrent.futures.thread
 import uvloop
-from workers.whoami import WhoAmI
+from testapps.whoami import WhoAmI
 """
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pulsar_arbiter.sockets import (
+from pulsar_arbiter.ops.binds import (
     BindSpec,
     bind_socket,
     describe,
@@ -305,7 +305,7 @@ _CHILD = textwrap.dedent(
         os.close(fd)
     os.environ["LISTEN_PID"] = str(os.getpid())
     os.environ["LISTEN_FDS"] = str(len(fds))
-    from pulsar_arbiter.sockets import describe, listen_fds_from_env
+    from pulsar_arbiter.ops.binds import describe, listen_fds_from_env
     try:
         socks = listen_fds_from_env()
     except ValueError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from pulsar_arbiter.supervision import (
+from pulsar_arbiter.runtime.supervisor import (
     BACKOFF_BASE,
     BACKOFF_MAX,
     EXIT_BOOT_FAILURE,

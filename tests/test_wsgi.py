@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pulsar_arbiter.http import Limits
-from pulsar_arbiter.wsgi import STREAM_HIGH, WsgiInput, _encode_headers, _status, build_environ
+from pulsar_arbiter.http.wsgi import STREAM_HIGH, WsgiInput, _encode_headers, _status, build_environ
 from tests.conftest import Runner
 from tests.consumers import wait_for
 from tests.test_http import (

@@ -1,3 +1,3 @@
-"""An app module that cannot be imported: ``workers.faulty_import:X``."""
+"""Moved to ``testapps.faulty_import``; this name keeps old command lines working."""
 
-raise ImportError("faulty_import: this module fails to import on purpose")
+from testapps.faulty_import import *  # noqa: F403

@@ -1,16 +1,3 @@
-"""Answer every line with the serving worker's pid: ``<pid> <line>``.
+"""Moved to ``testapps.whoami``; this name keeps old command lines working."""
 
-python -m pulsar_arbiter workers.whoami:WhoAmI
-"""
-
-from __future__ import annotations
-
-import os
-
-from workers._lines import LineConsumer
-
-
-class WhoAmI(LineConsumer):
-    def on_line(self, line: bytes) -> None:
-        self.write(b"%d %s\n" % (os.getpid(), line))
-        self.finished()
+from testapps.whoami import *  # noqa: F403

@@ -274,13 +274,13 @@ def http_cases(workers: int, tools: dict[str, str], env: peers.Peers) -> list[Ca
         Case(
             "pulsar_arbiter raw",
             "ours",
-            (*ours, "--http", "workers.hello:raw", *ours_tail),
+            (*ours, "--http", "testapps.hello:raw", *ours_tail),
             settle=settle,
         ),
         Case(
             "pulsar_arbiter WSGI",
             "ours",
-            (*ours, "--wsgi", "workers.hello:wsgi", *ours_tail),
+            (*ours, "--wsgi", "testapps.hello:wsgi", *ours_tail),
             settle=settle,
         ),
         Case("uvicorn", "peer", uvicorn, settle=settle),
@@ -571,7 +571,7 @@ def log(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_machine()
-    os.chdir(REPO)  # workers.hello and scripts/bench/apps resolve from the repo root
+    os.chdir(REPO)  # testapps.hello and scripts/bench/apps resolve from the repo root
     started = time.monotonic()
     log("setup: C helpers, wrk + nginx, the peers' venv")
     for name in ("echo_server", "echo_client"):

@@ -6,7 +6,7 @@
 
 Why written like this: the benchmark compares servers, not apps, so every app
 here is as cheap as its interface allows - a constant body and prebuilt
-headers, with ``Content-Length`` and ``text/plain`` as workers/hello.py sends -
+headers, with ``Content-Length`` and ``text/plain`` as testapps/hello.py sends -
 and the difference between rows is what each server charges per request.
 The ASGI app also answers the lifespan protocol, so neither uvicorn nor
 granian has to fall back (and log) when it is not supported.
@@ -54,6 +54,6 @@ async def rsgi(scope: Any, protocol: Any) -> None:
 
 
 def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """WSGI app, the same shape as workers.hello:wsgi."""
+    """WSGI app, the same shape as testapps.hello:wsgi."""
     start_response("200 OK", WSGI_HEADERS)
     return [BODY]

@@ -72,8 +72,8 @@ from httptools import (
     parse_url,
 )
 
-from .events import OneTime
-from .protocols import MAX_BUFFERED_PIPELINE, NO_WRITE, Connection, Handoff, ProtocolConsumer
+from ..events import OneTime
+from ..protocols import MAX_BUFFERED_PIPELINE, NO_WRITE, Connection, Handoff, ProtocolConsumer
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from . import ipc
+from .. import ipc
+from ..ops.binds import BindSpec, bind_socket, describe
+from ..ops.config import Config
+from ..servers import DatagramServer, TcpServer
 from .apps import AppError, Factories, build_factories
-from .config import Config
 from .handoff import HandoffReceiver, HandoffSender
-from .servers import DatagramServer, TcpServer
-from .sockets import BindSpec, bind_socket, describe
-from .supervision import WORKER_BOOT_ERROR
+from .supervisor import WORKER_BOOT_ERROR
 
 __all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
 
@@ -405,7 +405,7 @@ def _stats_command(worker: Worker, args: dict[str, Any]) -> Any:
 
 
 def _reopen_logs_command(worker: Worker, args: dict[str, Any]) -> Any:
-    from .logs import reopen_log_files
+    from ..ops.logs import reopen_log_files
 
     reopen_log_files()
     return True

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from .sockets import BindSpec, parse_bind
+from .binds import BindSpec, parse_bind
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -35,8 +35,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ..ipc import MAX_DEPTH, nesting_exceeds
 from .config import MAX_WORKERS, default_control_socket
-from .ipc import MAX_DEPTH, nesting_exceeds
 
 __all__ = ["ControlServer", "ForeignServer", "check_directory", "ctl_main", "request"]
 

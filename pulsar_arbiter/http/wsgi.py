@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .http import (
+from . import (
     HOLD_STREAM,
     HttpConnection,
     HttpConsumer,

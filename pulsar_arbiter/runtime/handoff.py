@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .protocols import Connection
+from ..protocols import Connection
 
 __all__ = ["MAX_FDS", "HandoffReceiver", "HandoffSender", "handoff_socketpair"]
 

@@ -25,14 +25,14 @@ from typing import Any
 import multiprocess
 import psutil
 
-from . import ipc
+from .. import ipc
+from ..ops.binds import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
+from ..ops.config import Config, ConfigError, load_config, unreloadable_changes
+from ..ops.control import ControlServer
+from ..ops.logs import reopen_log_files, setup_logging
 from .apps import AppError, import_app
-from .config import Config, ConfigError, load_config, unreloadable_changes
-from .control import ControlServer
 from .handoff import handoff_socketpair
-from .logs import reopen_log_files, setup_logging
-from .sockets import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
-from .supervision import (
+from .supervisor import (
     EXIT_BOOT_FAILURE,
     WORKER_BOOT_ERROR,
     Exit,

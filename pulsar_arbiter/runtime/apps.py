@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import Config
-from .echo import Echo
-from .protocols import Connection, ProtocolConsumer, ProtocolFactory
-from .servers import datagram_protocol_factory
+from ..echo import Echo
+from ..ops.config import Config
+from ..protocols import Connection, ProtocolConsumer, ProtocolFactory
+from ..servers import datagram_protocol_factory
 
 __all__ = ["AppError", "Factories", "build_factories", "import_app"]
 
@@ -67,7 +67,7 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
     if app is None:
         app = Echo if cfg.app is None else import_app(reference)
     if cfg.wsgi or cfg.http:
-        from .http import http_protocol_factory
+        from ..http import http_protocol_factory
 
         kind: Literal["raw", "wsgi"] = "wsgi" if cfg.wsgi else "raw"
         factory = http_protocol_factory(app, kind=kind, threads=cfg.threads)

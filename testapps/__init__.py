@@ -1,0 +1,1 @@
+"""Apps served by the runtime in tests, benchmarks and chaos runs (not installed)."""
