@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from .ops.config import PROG, ConfigError, load_config
+from .runtime.exits import EXIT_USAGE
+from .runtime.signals import CLI_STOP_SIGNALS
 
 __all__ = ["main", "raise_nofile_limit"]
 
-# Exit status for a bad flag, value or config file: the user's fault, like argparse.
-EXIT_USAGE = 2
 
 LOGGER = logging.getLogger("pulsar_arbiter.arbiter")
 
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # From here until the arbiter's handlers take over, a stop signal is recorded and
     # handed to the arbiter (a Ctrl-C while starting stops it, without a traceback).
     pending: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
+    for signum in CLI_STOP_SIGNALS:
         signal.signal(signum, lambda received, frame: pending.append(received))
     try:
         cfg = load_config(args)

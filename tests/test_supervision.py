@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 import pytest
 
+from pulsar_arbiter.runtime.exits import EXIT_BOOT_FAILURE
 from pulsar_arbiter.runtime.supervisor import (
     BACKOFF_BASE,
     BACKOFF_MAX,
-    EXIT_BOOT_FAILURE,
     KILL_GRACE,
     MAX_BOOT_FAILURES,
     RECENT_DEAD,

@@ -31,10 +31,11 @@ from ..ops.config import Config, ConfigError, load_config, unreloadable_changes
 from ..ops.control import ControlServer
 from ..ops.logs import reopen_log_files, setup_logging
 from .apps import AppError, import_app
+from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR, WORKER_BOOT_ERROR
 from .handoff import handoff_socketpair
+from .signals import ARBITER_SIGNALS
+from .spawn import loop_fds, start_process
 from .supervisor import (
-    EXIT_BOOT_FAILURE,
-    WORKER_BOOT_ERROR,
     Exit,
     Kill,
     Phase,
@@ -43,7 +44,7 @@ from .supervisor import (
     Supervisor,
     WorkerRecord,
 )
-from .worker import ARBITER_SIGNALS, WorkerSpec, run_worker
+from .worker import WorkerSpec, run_worker
 
 __all__ = ["Arbiter"]
 
@@ -124,7 +125,7 @@ class Arbiter:
             LOGGER.error("%s", exc)
             self._close_sockets()
             self._remove_pid_file()
-            return EXIT_BOOT_FAILURE if isinstance(exc, AppError) else 1
+            return EXIT_BOOT_FAILURE if isinstance(exc, AppError) else EXIT_ERROR
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
@@ -392,12 +393,8 @@ class Arbiter:
             app=self.app,
             handoff=self.handoff,
         )
-        proc = self._context.Process(
-            target=run_worker, args=(spec,), name=f"worker-{worker.id}", daemon=False
-        )
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ARBITER_SIGNALS)
         try:
-            proc.start()
+            proc = start_process(self._context, run_worker, (spec,), f"worker-{worker.id}")
         except OSError as exc:  # EAGAIN, ENOMEM: a failed boot, not the arbiter's end
             parent_end.close()
             self.sup.last_error = f"cannot fork a worker: {exc}"
@@ -405,7 +402,6 @@ class Arbiter:
             self.sup.exited(worker.id, None, time.monotonic())
             return
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child_end.close()
         self.spawned += 1
         self.processes[worker.id] = proc
@@ -423,14 +419,7 @@ class Arbiter:
         fds = [parent_end.fileno(), *(s.fileno() for s in self.channel_socks.values())]
         if self.control is not None:
             fds.extend(self.control.filenos())
-        loop = self._loop
-        selector = getattr(loop, "_selector", None)
-        if selector is not None:
-            fds.append(selector.fileno())
-        for name in ("_ssock", "_csock"):
-            sock = getattr(loop, name, None)
-            if sock is not None:
-                fds.append(sock.fileno())
+        fds.extend(loop_fds(self._loop))
         return [fd for fd in fds if fd >= 0]
 
     async def _connect(self, worker_id: int, parent_end: socket.socket) -> None:

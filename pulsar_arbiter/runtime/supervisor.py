@@ -21,6 +21,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exits import EXIT_BOOT_FAILURE
+
 __all__ = [
     "Exit",
     "IllegalTransition",
@@ -45,10 +47,6 @@ MAX_BOOT_FAILURES = 5
 # A worker that dies sooner than this after it was ready counts as a failed boot (a
 # crash loop), not as an ordinary death to replace at once.
 STABLE_AFTER = 5.0
-# Exit status of the arbiter when workers cannot boot (the app fails to import or start).
-EXIT_BOOT_FAILURE = 3
-# Exit status of a worker whose app failed to load: it says "do not respawn me blindly".
-WORKER_BOOT_ERROR = 3
 # Records of dead workers kept for inspection. An arbiter recycling workers for months
 # must not keep every record it ever had: the count is kept, the records are bounded.
 RECENT_DEAD = 64

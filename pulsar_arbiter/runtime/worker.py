@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import pwd
@@ -29,38 +28,13 @@ from ..ops.binds import BindSpec, bind_socket, describe
 from ..ops.config import Config
 from ..servers import DatagramServer, TcpServer
 from .apps import AppError, Factories, build_factories
+from .exits import WORKER_BOOT_ERROR
 from .handoff import HandoffReceiver, HandoffSender
-from .supervisor import WORKER_BOOT_ERROR
+from .spawn import reset_after_fork
 
 __all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
 
 LOGGER = logging.getLogger("pulsar_arbiter.worker")
-
-# Signals the arbiter handles (the arbiter installs its handlers for exactly these):
-# reset to their defaults in a forked child before it unblocks signals.
-ARBITER_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGCHLD,
-)
-# Signals a worker ignores: a Ctrl-C or a job-control signal sent to the whole process
-# group must not stop workers behind the arbiter's back; the arbiter drives them.
-IGNORED_IN_WORKER = (
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-)
-PR_SET_PDEATHSIG = 1
 
 
 def heartbeat_interval(timeout: float) -> float:
@@ -83,32 +57,6 @@ class WorkerSpec:
     app: Any = None  # the imported app with --preload
     # (outbox, inbox) of the arbiter's handoff socketpair (see handoff.py).
     handoff: tuple[socket.socket, socket.socket] | None = None
-
-
-def _set_parent_death_signal(signum: int) -> None:
-    """Ask Linux to signal us when the arbiter dies (tied to the forking thread)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-
-
-def reset_after_fork(spec: WorkerSpec) -> None:
-    """Undo the arbiter's loop and signal state in the freshly forked child."""
-    asyncio.events._set_running_loop(None)
-    asyncio.set_event_loop_policy(None)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-    for signum in ARBITER_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-    for signum in IGNORED_IN_WORKER:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for fd in spec.close_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != spec.arbiter_pid:  # the arbiter died before prctl took effect
-        os._exit(0)
 
 
 def _drop_privileges(cfg: Config) -> None:
@@ -153,7 +101,7 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
 
 def run_worker(spec: WorkerSpec) -> None:
     """The child process's entry point: serve until told to stop, then exit."""
-    reset_after_fork(spec)
+    reset_after_fork(spec.arbiter_pid, spec.close_fds)
     _set_title(spec.cfg)
     # The loop first: its modules are imported with the arbiter's rights, which may be
     # the only ones that can read the Python install.
