@@ -13,10 +13,11 @@ from collections.abc import Iterable
 
 import pytest
 
-from pulsar_arbiter.runtime.exits import EXIT_BOOT_FAILURE
+from pulsar_arbiter.runtime.exits import EXIT_BOOT_FAILURE, WORKER_BOOT_ERROR
 from pulsar_arbiter.runtime.supervisor import (
     BACKOFF_BASE,
     BACKOFF_MAX,
+    ESCALATION,
     KILL_GRACE,
     MAX_BOOT_FAILURES,
     RECENT_DEAD,
@@ -28,6 +29,8 @@ from pulsar_arbiter.runtime.supervisor import (
     IllegalTransition,
     Kill,
     Phase,
+    Reason,
+    Settings,
     Spawn,
     Stop,
     Supervisor,
@@ -94,7 +97,14 @@ def test_startup_spawns_every_worker_at_once() -> None:
     for worker in workers:
         sup.ready(worker.id, 0.2)
     assert sup.decide(0.3) == []
-    assert sup.counts() == {"booting": 0, "ready": 4, "retiring": 0, "stopping": 0}
+    assert sup.counts() == {
+        "booting": 0,
+        "ready": 4,
+        "retiring": 0,
+        "stopping": 0,
+        "terminating": 0,
+        "killed": 0,
+    }
 
 
 def test_at_least_one_worker() -> None:
@@ -191,6 +201,8 @@ def test_rollout_stops_when_a_new_worker_fails_to_boot_and_old_workers_keep_serv
     assert serving(sup) == old and all(w.phase is Phase.READY for w in old)
 
     sup.reload()  # fixed, reloaded again: the rollout resumes
+    for worker in old:
+        sup.heartbeat(worker.id, {}, 4000.0)
     (fixed,) = spawn(sup, sup.decide(4000.0))
     assert fixed.generation == 3
     sup.ready(fixed.id, 4001.0)
@@ -339,9 +351,10 @@ def test_heartbeat_timeout_sends_term_then_kill_after_the_grace() -> None:
     (term,) = sup.decide(now)
     assert isinstance(term, Kill) and term.worker is worker and term.signum == signal.SIGTERM
     assert "no heartbeat" in term.reason
-    assert sup.decide(now + KILL_GRACE - 0.01) == []
-    (kill,) = sup.decide(now + KILL_GRACE)
+    assert sup.decide(now + KILL_GRACE) == [], "exactly the grace: not yet"
+    (kill,) = sup.decide(now + KILL_GRACE + 0.01)
     assert isinstance(kill, Kill) and kill.signum == signal.SIGKILL
+    assert kill.worker.phase is Phase.KILLED
     assert sup.decide(now + KILL_GRACE + 10) == [], "killed once"
     sup.exited(worker.id, -signal.SIGKILL, now + KILL_GRACE + 10)
     (new,) = spawn(sup, sup.decide(now + KILL_GRACE + 10))
@@ -364,7 +377,7 @@ def test_boot_timeout_sends_term_then_kill() -> None:
     assert isinstance(term, Kill) and term.signum == signal.SIGTERM
     assert "boot timeout" in term.reason
     assert sup.decide(BOOT_TIMEOUT + 0.5 + KILL_GRACE / 2) == []
-    (kill,) = sup.decide(BOOT_TIMEOUT + 0.5 + KILL_GRACE)
+    (kill,) = sup.decide(BOOT_TIMEOUT + 0.5 + KILL_GRACE + 0.01)
     assert isinstance(kill, Kill) and kill.signum == signal.SIGKILL
     sup.exited(worker.id, -signal.SIGKILL, BOOT_TIMEOUT + 4)
     (done,) = exits(sup.decide(BOOT_TIMEOUT + 4))
@@ -385,7 +398,7 @@ def test_stopping_worker_is_killed_after_the_graceful_timeout() -> None:
     assert isinstance(term, Kill) and term.worker is worker and term.signum == signal.SIGTERM
     assert "graceful timeout" in term.reason
     sup.heartbeat(new.id, {}, deadline + KILL_GRACE)
-    (kill,) = sup.decide(deadline + 0.5 + KILL_GRACE)
+    (kill,) = sup.decide(deadline + 0.5 + KILL_GRACE + 0.01)
     assert isinstance(kill, Kill) and kill.signum == signal.SIGKILL
 
 
@@ -438,15 +451,18 @@ def test_stop_stops_every_worker_and_exits_0_once_all_are_dead(graceful: bool) -
     assert done == Exit(0, "stopped")
 
 
-def test_stop_kills_a_worker_that_outlives_its_deadline() -> None:
+def test_stop_escalates_a_worker_that_outlives_its_deadline() -> None:
+    """The same rule as any stop: TERM past the deadline, KILL after the grace."""
     sup = supervisor(workers=1)
     (worker,) = start(sup)
     sup.stop(True)
     sup.decide(0.0)
     assert sup.decide(GRACE + STOP_MARGIN) == []
-    (kill,) = sup.decide(GRACE + STOP_MARGIN + 0.5)
+    (term,) = sup.decide(GRACE + STOP_MARGIN + 0.5)
+    assert isinstance(term, Kill) and term.signum == signal.SIGTERM
+    (kill,) = sup.decide(GRACE + STOP_MARGIN + 0.5 + KILL_GRACE + 0.01)
     assert isinstance(kill, Kill) and kill.signum == signal.SIGKILL
-    assert sup.decide(GRACE + STOP_MARGIN + 1) == []
+    assert sup.decide(GRACE + STOP_MARGIN + KILL_GRACE + 1) == []
     sup.exited(worker.id, -signal.SIGKILL, 9.0)
     assert exits(sup.decide(9.0)) == [Exit(0, "stopped")]
 
@@ -551,3 +567,107 @@ def test_dead_records_are_bounded_the_count_is_not() -> None:
         sup.ready(worker.id, now)
     assert sup.exits == RECENT_DEAD * 3
     assert len(sup.dead) == RECENT_DEAD
+
+
+# -- the rules moved out of the arbiter ---------------------------------------------------------
+
+
+def test_a_scale_at_run_time_survives_a_reload_unless_the_settings_change_the_count() -> None:
+    sup = supervisor(workers=2)
+    start(sup)
+    sup.scale(4)  # ctl scale 4
+    sup.reload(Settings(workers=2, timeout=TIMEOUT, boot_timeout=BOOT_TIMEOUT))
+    assert sup.desired == 4, "the file still says 2: the run-time count stays"
+    sup.reload(Settings(workers=3, timeout=99.0, boot_timeout=BOOT_TIMEOUT))
+    assert sup.desired == 3, "the file now asks for 3"
+    assert sup.timeout == 99.0
+
+
+def test_a_worker_exiting_with_the_boot_error_status_failed_to_boot() -> None:
+    sup = supervisor(workers=1)
+    (worker,) = spawn(sup, sup.decide(0.0))
+    sup.boot_error(worker.id, "ImportError: no module named app")
+    exited = sup.exited(worker.id, WORKER_BOOT_ERROR, 0.5)
+    assert exited is not None and not exited.expected
+    assert worker.reason is Reason.BOOT_FAILED
+    assert sup.last_error == "ImportError: no module named app"
+    assert sup.boot_failures == 1
+
+
+def test_a_failed_fork_is_a_failed_boot_with_its_reason() -> None:
+    sup = supervisor(workers=1)
+    (worker,) = of(Spawn, sup.decide(0.0))
+    exited = sup.fork_failed(worker.id, "[Errno 11] Resource temporarily unavailable", 0.0)
+    assert exited is not None and exited.worker is worker
+    assert sup.last_error.startswith("cannot fork a worker: [Errno 11]")
+    (done,) = exits(sup.decide(0.1))
+    assert done.code == EXIT_BOOT_FAILURE
+
+
+def test_the_exit_report_says_once_that_the_rollout_stopped() -> None:
+    sup = supervisor(workers=2)
+    start(sup)
+    sup.reload()
+    (new,) = spawn(sup, sup.decide(1.0))
+    exited = sup.exited(new.id, WORKER_BOOT_ERROR, 1.2)
+    assert exited is not None and exited.rollout_stopped
+    assert sup.decide(1.3) == []
+    for worker in serving(sup):
+        sup.heartbeat(worker.id, {}, 1.5 + BACKOFF_MAX)
+    assert sup.decide(1.5 + BACKOFF_MAX) == [], "the rollout stays stopped"
+
+
+def test_recycles_are_counted_by_reason_not_by_text() -> None:
+    sup = supervisor(workers=2)
+    first, second = start(sup)
+    sup.retiring(first.id, "max_requests")
+    sup.retiring(second.id, "something else")
+    assert first.reason is Reason.MAX_REQUESTS and second.reason is Reason.RETIRED
+    for _ in (first, second):
+        new = spawn(sup, sup.decide(1.0))
+        for fresh in new:
+            sup.ready(fresh.id, 1.0)
+        sup.decide(1.0)
+    sup.exited(first.id, 0, 2.0)
+    sup.exited(second.id, 0, 2.0)
+    assert sup.recycles == 1
+    assert sup.exits_by_reason == {Reason.MAX_REQUESTS: 1, Reason.RETIRED: 1}
+
+
+def test_a_stop_that_cannot_be_delivered_escalates_at_once() -> None:
+    sup = supervisor(workers=1)
+    (worker,) = start(sup)
+    sup.stop(True)
+    sup.decide(1.0)
+    (term,) = sup.undeliverable(worker.id, 1.0)
+    assert term.signum == signal.SIGTERM and worker.phase is Phase.TERMINATING
+    assert sup.undeliverable(worker.id, 1.1) == [], "only a stopping worker"
+
+    fast = supervisor(workers=1)
+    (worker,) = start(fast)
+    fast.stop(False)
+    fast.decide(1.0)
+    (kill,) = fast.undeliverable(worker.id, 1.0)
+    assert kill.signum == signal.SIGKILL and worker.phase is Phase.KILLED
+
+
+def test_a_worker_killed_for_a_timeout_holds_its_place_until_reaped() -> None:
+    """Replaced when its death is known, as a crash (with its backoff), not before."""
+    sup = supervisor(workers=1)
+    (worker,) = start(sup)
+    now = TIMEOUT + 1.0
+    (term,) = sup.decide(now)
+    assert term.worker is worker and worker.phase is Phase.TERMINATING
+    assert of(Spawn, sup.decide(now + 0.1)) == []
+    exited = sup.exited(worker.id, -signal.SIGTERM, now + 0.2)
+    assert exited is not None and not exited.expected
+    assert worker.reason is Reason.HEARTBEAT_TIMEOUT
+    assert len(of(Spawn, sup.decide(now + 0.3))) == 1
+
+
+@pytest.mark.parametrize("phase", list(ESCALATION))
+def test_every_escalation_is_a_legal_transition(phase: Phase) -> None:
+    after, signum = ESCALATION[phase]
+    assert after in TRANSITIONS[phase]
+    assert signum in (signal.SIGTERM, signal.SIGKILL)
+    assert Phase.KILLED in TRANSITIONS[Phase.STOPPING], "a fast stop goes straight to KILL"

@@ -31,14 +31,16 @@ from ..ops.config import Config, ConfigError, load_config, unreloadable_changes
 from ..ops.control import ControlServer
 from ..ops.logs import reopen_log_files, setup_logging
 from .apps import AppError, import_app
-from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR, WORKER_BOOT_ERROR
+from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR
 from .handoff import handoff_socketpair
 from .signals import ARBITER_SIGNALS
 from .spawn import loop_fds, start_process
 from .supervisor import (
     Exit,
+    Exited,
     Kill,
     Phase,
+    Settings,
     Spawn,
     Stop,
     Supervisor,
@@ -95,15 +97,7 @@ class Arbiter:
 
     @staticmethod
     def _supervisor(cfg: Config) -> Supervisor:
-        return Supervisor(
-            workers=cfg.workers,
-            timeout=cfg.timeout,
-            boot_timeout=cfg.boot_timeout,
-            graceful_timeout=cfg.graceful_timeout,
-            max_requests=cfg.max_requests,
-            max_requests_jitter=cfg.max_requests_jitter,
-            jitter=lambda n: random.randint(0, n),
-        )
+        return Supervisor.from_settings(_settings(cfg), jitter=lambda n: random.randint(0, n))
 
     # -- start and stop -------------------------------------------------------------
 
@@ -330,9 +324,8 @@ class Arbiter:
             except AppError as exc:
                 LOGGER.error("reload refused, the app does not import: %s", exc)
                 return f"refused: {exc}"
-        self._apply_settings(self.cfg, cfg)
         self.cfg, self.app = cfg, app
-        self.sup.reload()
+        self.sup.reload(_settings(cfg))
         LOGGER.info("reload: rolling to generation %d", self.sup.generation)
         self.wake()
         return f"rolling to generation {self.sup.generation}"
@@ -344,16 +337,6 @@ class Arbiter:
         for name in kept:
             LOGGER.warning("reload: %s needs a restart; keeping the old value", name)
         return cfg.replace(**{name: getattr(self.cfg, name) for name in kept})
-
-    def _apply_settings(self, old: Config, new: Config) -> None:
-        sup = self.sup
-        # A count set at run time (TTIN/TTOU, ctl scale) survives a reload unless the
-        # settings themselves now ask for a different count.
-        if new.workers != old.workers:
-            sup.scale(new.workers)
-        sup.timeout, sup.boot_timeout = new.timeout, new.boot_timeout
-        sup.graceful_timeout = new.graceful_timeout
-        sup.max_requests, sup.max_requests_jitter = new.max_requests, new.max_requests_jitter
 
     def scale(self, workers: int) -> int:
         self.sup.scale(workers)
@@ -397,9 +380,8 @@ class Arbiter:
             proc = start_process(self._context, run_worker, (spec,), f"worker-{worker.id}")
         except OSError as exc:  # EAGAIN, ENOMEM: a failed boot, not the arbiter's end
             parent_end.close()
-            self.sup.last_error = f"cannot fork a worker: {exc}"
             LOGGER.error("cannot fork worker %d: %s", worker.id, exc)
-            self.sup.exited(worker.id, None, time.monotonic())
+            self._report_exit(self.sup.fork_failed(worker.id, str(exc), time.monotonic()))
             return
         finally:
             child_end.close()
@@ -452,7 +434,7 @@ class Arbiter:
                 msg["reason"],
             )
         elif kind == "command" and msg["name"] == "boot_error":
-            self.sup.last_error = str((msg.get("args") or {}).get("error", ""))
+            self.sup.boot_error(worker_id, str((msg.get("args") or {}).get("error", "")))
         self.wake()
 
     def _stop(self, action: Stop) -> None:
@@ -467,7 +449,8 @@ class Arbiter:
         channel = self.channels.get(worker.id)
         stop = ipc.stop(action.graceful, action.timeout, action.handoff)
         if channel is None or not channel.send(stop):
-            self._kill(worker, signal.SIGTERM, action.reason)
+            for kill in self.sup.undeliverable(worker.id, time.monotonic()):
+                self._apply(kill)
 
     def _kill(self, worker: WorkerRecord, signum: int, reason: str) -> None:
         if worker.pid is None:
@@ -501,22 +484,23 @@ class Arbiter:
                 await asyncio.wait_for(asyncio.shield(channel.closed), 1.0)
             channel.abort()
         proc.join(1.0)
-        code = proc.exitcode
-        blocked = self.sup.replacement_blocked_generation
-        worker = self.sup.exited(worker_id, code, time.monotonic())
-        if worker is not None:
-            self.dead_requests += _count(worker.stats, "requests")
-            if code == WORKER_BOOT_ERROR and not worker.reason:
-                worker.reason = "failed to boot"
-            LOGGER.log(
-                logging.INFO if worker.reason else logging.WARNING,
-                "worker %d (pid %s) exited with %s%s",
-                worker_id,
-                worker.pid,
-                _describe_exit(code),
-                f" ({worker.reason})" if worker.reason else " unexpectedly",
-            )
-        if self.sup.replacement_blocked_generation not in (None, blocked):
+        self._report_exit(self.sup.exited(worker_id, proc.exitcode, time.monotonic()))
+        self.wake()
+
+    def _report_exit(self, exited: Exited | None) -> None:
+        if exited is None:
+            return
+        worker = exited.worker
+        self.dead_requests += _count(worker.stats, "requests")
+        LOGGER.log(
+            logging.INFO if exited.expected else logging.WARNING,
+            "worker %d (pid %s) exited with %s (%s)",
+            worker.id,
+            worker.pid,
+            _describe_exit(worker.exit_code),
+            worker.detail,
+        )
+        if exited.rollout_stopped:
             LOGGER.error(
                 "a new worker of generation %d failed to boot%s: rollout stopped, %d old "
                 "worker(s) keep serving; fix the app, then reload (HUP) again",
@@ -524,7 +508,6 @@ class Arbiter:
                 f" ({self.sup.last_error})" if self.sup.last_error else "",
                 len(self.sup.old_serving()),
             )
-        self.wake()
 
     # -- stats ------------------------------------------------------------------------
 
@@ -542,6 +525,9 @@ class Arbiter:
             "spawned": self.spawned,
             "recycles": self.sup.recycles,
             "exited": self.sup.exits,
+            "exited_by_reason": {
+                reason.value: count for reason, count in self.sup.exits_by_reason.items()
+            },
             "rss": sum(_count(w, "rss") for w in fresh),
         }
         return {
@@ -603,6 +589,18 @@ def _process_usage(pid: int) -> dict[str, Any]:
             return {"rss": proc.memory_info().rss, "cpu": times.user + times.system}
     except psutil.Error:
         return {"rss": 0, "cpu": 0.0}
+
+
+def _settings(cfg: Config) -> Settings:
+    """What the supervisor's rules read of the settings."""
+    return Settings(
+        workers=cfg.workers,
+        timeout=cfg.timeout,
+        boot_timeout=cfg.boot_timeout,
+        graceful_timeout=cfg.graceful_timeout,
+        max_requests=cfg.max_requests,
+        max_requests_jitter=cfg.max_requests_jitter,
+    )
 
 
 def _count(stats: dict[str, Any], key: str) -> int:

@@ -4,13 +4,23 @@ The arbiter feeds this module what happened (a worker forked, beat, asked to ret
 exited; a signal asked for a reload or a new size) and asks :meth:`Supervisor.decide`
 what to do now. The answer is a list of actions (spawn, stop, signal, exit) that a thin
 I/O layer carries out. Nothing here forks, sleeps or reads a clock: tests drive it with
-plain numbers for time.
+plain numbers for time. Every rule lives here: when to spawn and retire, the crash-loop
+backoff and give-up, what a reload keeps, how a stop escalates to TERM and KILL, what a
+death means (a recycle, a failed boot, a stopped rollout).
 
 Worker lifecycle, one table, one transition function::
 
     booting --ready--> ready --retire--> retiring --stop--> stopping --exit--> dead
-       |                 |                                      ^
-       +------stop-------+--------------------------------------+   (any phase may die)
+       |                 |                   |                  |
+       +-----------------+---- overdue ------+------------------+--> terminating (TERM)
+                                                                        |
+                                              overdue (or a fast stop's) v
+                                                                      killed (KILL) --> dead
+
+A phase with a deadline escalates when the deadline passes (``ESCALATION``): a worker
+that does not boot, beat or stop in time gets TERM, then KILL ``KILL_GRACE`` later; a
+worker told to stop *fast* that is still there gets KILL at once (TERM would only ask it
+again). Any phase may die.
 """
 
 from __future__ import annotations
@@ -21,13 +31,18 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from .exits import EXIT_BOOT_FAILURE
+from .exits import EXIT_BOOT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
 
 __all__ = [
+    "ESCALATION",
+    "TRANSITIONS",
     "Exit",
+    "Exited",
     "IllegalTransition",
     "Kill",
     "Phase",
+    "Reason",
+    "Settings",
     "Spawn",
     "Stop",
     "Supervisor",
@@ -57,16 +72,60 @@ class Phase(enum.Enum):
     READY = "ready"
     RETIRING = "retiring"
     STOPPING = "stopping"
+    TERMINATING = "terminating"  # TERM sent: it did not boot, beat or stop in time
+    KILLED = "killed"  # KILL sent: waiting to reap it
     DEAD = "dead"
 
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.BOOTING: frozenset({Phase.READY, Phase.STOPPING, Phase.DEAD}),
-    Phase.READY: frozenset({Phase.RETIRING, Phase.STOPPING, Phase.DEAD}),
-    Phase.RETIRING: frozenset({Phase.STOPPING, Phase.DEAD}),
-    Phase.STOPPING: frozenset({Phase.DEAD}),
+    Phase.BOOTING: frozenset({Phase.READY, Phase.STOPPING, Phase.TERMINATING, Phase.DEAD}),
+    Phase.READY: frozenset({Phase.RETIRING, Phase.STOPPING, Phase.TERMINATING, Phase.DEAD}),
+    Phase.RETIRING: frozenset({Phase.STOPPING, Phase.TERMINATING, Phase.DEAD}),
+    Phase.STOPPING: frozenset({Phase.TERMINATING, Phase.KILLED, Phase.DEAD}),
+    Phase.TERMINATING: frozenset({Phase.KILLED, Phase.DEAD}),
+    Phase.KILLED: frozenset({Phase.DEAD}),
     Phase.DEAD: frozenset(),
 }
+
+#: What an overdue phase becomes, and the signal that goes with it. A fast stop that is
+#: overdue skips TERM (see ``Supervisor._escalate``).
+ESCALATION: dict[Phase, tuple[Phase, int]] = {
+    Phase.BOOTING: (Phase.TERMINATING, signal.SIGTERM),
+    Phase.READY: (Phase.TERMINATING, signal.SIGTERM),
+    Phase.RETIRING: (Phase.TERMINATING, signal.SIGTERM),
+    Phase.STOPPING: (Phase.TERMINATING, signal.SIGTERM),
+    Phase.TERMINATING: (Phase.KILLED, signal.SIGKILL),
+}
+
+#: The phases of a worker still serving clients.
+SERVING = (Phase.READY, Phase.RETIRING)
+
+
+class Reason(str, enum.Enum):
+    """Why a worker left, or is leaving: counted by reason, logged with a detail."""
+
+    MAX_REQUESTS = "max_requests"  # a recycle
+    RETIRED = "retired"  # it asked to be replaced for a reason we do not know
+    RELOAD = "reload"
+    SCALE_DOWN = "scale down"
+    ARBITER_STOPPING = "arbiter stopping"
+    BOOT_TIMEOUT = "boot timeout"
+    HEARTBEAT_TIMEOUT = "heartbeat timeout"
+    BOOT_FAILED = "failed to boot"
+    CRASHED = "crashed"
+
+    @property
+    def asked(self) -> bool:
+        """The worker was asked to go: its death is expected, never a crash."""
+        return self in _ASKED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_ASKED = frozenset(
+    {Reason.MAX_REQUESTS, Reason.RETIRED, Reason.RELOAD, Reason.SCALE_DOWN, Reason.ARBITER_STOPPING}
+)
 
 
 class IllegalTransition(RuntimeError):
@@ -85,11 +144,12 @@ class WorkerRecord:
     phase: Phase = Phase.BOOTING
     ready_at: float | None = None
     last_beat: float = 0.0
-    stop_deadline: float | None = None
-    term_sent_at: float | None = None
-    killed: bool = False
-    hurried: bool = False  # told to stop fast after a graceful stop had begun
-    reason: str = ""
+    #: When the current phase must be left (stopping, terminating); booting and serving
+    #: workers' deadlines follow from the boot timeout and the last heartbeat.
+    deadline: float | None = None
+    graceful: bool = True  # of its stop: a fast one escalates straight to KILL
+    reason: Reason | None = None
+    detail: str = ""  # what happened, for the log: "no heartbeat for 3.1s (timeout 2s)"
     exit_code: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -98,9 +158,28 @@ class WorkerRecord:
             raise IllegalTransition(f"worker {self.id}: {self.phase.value} -> {phase.value}")
         self.phase = phase
 
+    def why(self, reason: Reason, detail: str = "") -> None:
+        """The first reason given is the one that counts (a reload that then times out
+        is still a reload)."""
+        if self.reason is None:
+            self.reason = reason
+            self.detail = detail or reason.value
+
     @property
     def alive(self) -> bool:
         return self.phase is not Phase.DEAD
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings the supervisor's rules use (a reload may change any of them)."""
+
+    workers: int = 1
+    timeout: float = 30.0
+    boot_timeout: float = 30.0
+    graceful_timeout: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,7 +191,8 @@ class Spawn:
 
 @dataclass(frozen=True)
 class Stop:
-    """Ask a worker to stop (over IPC, and TERM as a fallback); ``graceful`` drains.
+    """Ask a worker to stop over IPC; ``graceful`` drains. If the message cannot be
+    delivered, the arbiter says so (``Supervisor.undeliverable``) and TERM follows.
 
     ``handoff``: other workers keep serving (a recycle, a reload, a scale-down), so the
     worker may hand its idle connections to them instead of closing them.
@@ -142,6 +222,18 @@ class Exit:
     reason: str
 
 
+@dataclass(frozen=True)
+class Exited:
+    """What a worker's death means, for the arbiter to report."""
+
+    worker: WorkerRecord
+    #: It was asked to go (a recycle, reload, scale-down or stop): no replacement rush.
+    expected: bool
+    #: It was of a new generation that could not boot: the rollout stops here, and the
+    #: old workers keep serving until the next reload.
+    rollout_stopped: bool
+
+
 Action = Spawn | Stop | Kill | Exit
 
 
@@ -158,13 +250,11 @@ class Supervisor:
         max_requests_jitter: int = 0,
         jitter: Any = None,
     ) -> None:
-        self.desired = max(1, workers)
-        self.timeout = timeout
-        self.boot_timeout = boot_timeout
-        self.graceful_timeout = graceful_timeout
-        self.max_requests = max_requests
-        self.max_requests_jitter = max_requests_jitter
         self._jitter = jitter  # callable(n) -> 0..n, injected so tests are deterministic
+        self.settings = Settings(
+            workers, timeout, boot_timeout, graceful_timeout, max_requests, max_requests_jitter
+        )
+        self.desired = max(1, workers)
         self.generation = 1
         self.workers: dict[int, WorkerRecord] = {}
         self._ids = 0
@@ -174,15 +264,63 @@ class Supervisor:
         self.last_failure_at = 0.0
         self.next_spawn_at = 0.0
         self.replacement_blocked_generation: int | None = None
-        self.recycles = 0
         self.exits = 0
+        self.exits_by_reason: collections.Counter[Reason] = collections.Counter()
         self.dead: collections.deque[WorkerRecord] = collections.deque(maxlen=RECENT_DEAD)
         self.last_error = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, jitter: Any = None) -> Supervisor:
+        return cls(
+            settings.workers,
+            settings.timeout,
+            settings.boot_timeout,
+            settings.graceful_timeout,
+            settings.max_requests,
+            settings.max_requests_jitter,
+            jitter=jitter,
+        )
+
+    # The settings the rules read, by name.
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
+
+    @property
+    def boot_timeout(self) -> float:
+        return self.settings.boot_timeout
+
+    @property
+    def graceful_timeout(self) -> float:
+        return self.settings.graceful_timeout
+
+    @property
+    def max_requests(self) -> int:
+        return self.settings.max_requests
+
+    @property
+    def max_requests_jitter(self) -> int:
+        return self.settings.max_requests_jitter
+
+    @property
+    def recycles(self) -> int:
+        """Workers replaced after reaching their max requests."""
+        return self.exits_by_reason[Reason.MAX_REQUESTS]
 
     # -- what happened --------------------------------------------------------------
 
     def spawned(self, worker_id: int, pid: int) -> None:
         self.workers[worker_id].pid = pid
+
+    def fork_failed(self, worker_id: int, error: str, now: float) -> Exited | None:
+        """The fork itself failed (EAGAIN, ENOMEM): a failed boot like any other."""
+        self.last_error = f"cannot fork a worker: {error}"
+        return self.exited(worker_id, None, now)
+
+    def boot_error(self, worker_id: int, error: str) -> None:
+        """A worker says why it cannot boot: the arbiter prints it if it gives up."""
+        if worker_id in self.workers:
+            self.last_error = error
 
     def ready(self, worker_id: int, now: float) -> None:
         worker = self.workers.get(worker_id)
@@ -199,35 +337,45 @@ class Supervisor:
             worker.stats = stats
 
     def retiring(self, worker_id: int, reason: str) -> None:
-        """The worker reached its max requests: replace it, then stop it."""
+        """The worker asked to be replaced (its max requests): replace it, then stop it."""
         worker = self.workers.get(worker_id)
         if worker is not None and worker.phase is Phase.READY:
             worker.to(Phase.RETIRING)
-            worker.reason = reason
+            known = reason == Reason.MAX_REQUESTS.value
+            worker.why(Reason.MAX_REQUESTS if known else Reason.RETIRED, reason)
 
-    def exited(self, worker_id: int, code: int | None, now: float) -> WorkerRecord | None:
+    def undeliverable(self, worker_id: int, now: float) -> list[Kill]:
+        """A stop could not be sent over IPC (the channel is gone): TERM it now."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.phase is not Phase.STOPPING:
+            return []
+        return [self._escalate_now(worker, now, "cannot reach it over IPC")]
+
+    def exited(self, worker_id: int, code: int | None, now: float) -> Exited | None:
+        """A worker is gone: classify its death; a crash soon after boot is a boot
+        failure (backoff, maybe a stopped rollout, maybe giving up)."""
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return None
-        was = worker.phase
         worker.phase = Phase.DEAD
         worker.exit_code = code
+        if code == WORKER_BOOT_ERROR:
+            worker.why(Reason.BOOT_FAILED)
+        worker.why(Reason.CRASHED, f"exited with {code}")
+        assert worker.reason is not None
         self.exits += 1
+        self.exits_by_reason[worker.reason] += 1
         self.dead.append(worker)
-        if was is Phase.STOPPING:
-            if worker.reason in ("max_requests",):
-                self.recycles += 1
-            return worker
-        if self.stopping:
-            return worker
-        crashed_early = was is Phase.BOOTING or (
-            worker.ready_at is not None and now - worker.ready_at < STABLE_AFTER
-        )
+        if worker.reason.asked or self.stopping:
+            return Exited(worker, expected=True, rollout_stopped=False)
+        crashed_early = worker.ready_at is None or now - worker.ready_at < STABLE_AFTER
+        blocked_before = self.replacement_blocked_generation
         if crashed_early:
             self._boot_failed(worker, now)
         else:
             self.boot_failures = 0
-        return worker
+        stopped = self.replacement_blocked_generation not in (None, blocked_before)
+        return Exited(worker, expected=False, rollout_stopped=stopped)
 
     def _boot_failed(self, worker: WorkerRecord, now: float) -> None:
         self.boot_failures += 1
@@ -237,12 +385,20 @@ class Supervisor:
         # A new generation that cannot boot stops the rollout: the workers of the older
         # generations keep serving until the next reload. A recycle's replacement (same
         # generation) is retried with backoff instead; its retiring worker serves on.
-        serving = self._by_phase(Phase.READY, Phase.RETIRING)
+        serving = self._by_phase(*SERVING)
         if any(w.generation < worker.generation for w in serving):
             self.replacement_blocked_generation = worker.generation
 
-    def reload(self) -> None:
-        """HUP: a new generation replaces the old one, one worker at a time."""
+    def reload(self, settings: Settings | None = None) -> None:
+        """HUP: a new generation replaces the old one, one worker at a time.
+
+        With new ``settings``: a worker count set at run time (TTIN/TTOU, ``ctl scale``)
+        survives unless the settings themselves now ask for a different count.
+        """
+        if settings is not None:
+            if settings.workers != self.settings.workers:
+                self.scale(settings.workers)
+            self.settings = settings
         self.generation += 1
         self.replacement_blocked_generation = None
         self.boot_failures = 0
@@ -261,10 +417,9 @@ class Supervisor:
     # -- what to do -----------------------------------------------------------------
 
     def decide(self, now: float) -> list[Action]:
+        actions = self._escalate(now)
         if self.stopping:
-            return self._decide_stop(now)
-        actions: list[Action] = []
-        actions.extend(self._check_timeouts(now))
+            return [*actions, *self._decide_stop(now)]
         self._forgive_boot_failures(now)
         exit_action = self._check_give_up()
         if exit_action is not None:
@@ -285,9 +440,7 @@ class Supervisor:
     def old_serving(self) -> list[WorkerRecord]:
         """Workers still serving that are to be replaced: retiring, or of an old generation."""
         return [
-            w
-            for w in self._by_phase(Phase.READY, Phase.RETIRING)
-            if w.phase is Phase.RETIRING or not self._current(w)
+            w for w in self._by_phase(*SERVING) if w.phase is Phase.RETIRING or not self._current(w)
         ]
 
     def _booting(self) -> list[WorkerRecord]:
@@ -300,14 +453,14 @@ class Supervisor:
             w.started_at > self.last_failure_at
             and w.ready_at is not None
             and now - w.ready_at >= STABLE_AFTER
-            for w in self._by_phase(Phase.READY, Phase.RETIRING)
+            for w in self._by_phase(*SERVING)
         ):
             self.boot_failures = 0
 
     def _check_give_up(self) -> Exit | None:
         if not self.ever_ready and self.boot_failures:
             return Exit(EXIT_BOOT_FAILURE, "the first workers failed to boot")
-        serving = self._by_phase(Phase.READY, Phase.RETIRING)
+        serving = self._by_phase(*SERVING)
         if self.boot_failures >= MAX_BOOT_FAILURES and not serving:
             return Exit(
                 EXIT_BOOT_FAILURE,
@@ -315,10 +468,20 @@ class Supervisor:
             )
         return None
 
+    def _dying(self) -> list[WorkerRecord]:
+        """Workers being killed for a timeout: each holds its place until it is reaped
+        (then its death counts, as a crash or a failed boot, with its backoff)."""
+        return [
+            w
+            for w in self._by_phase(Phase.TERMINATING, Phase.KILLED)
+            if w.reason is None or not w.reason.asked
+        ]
+
     def _spawn(self, now: float) -> list[Action]:
         booting = self._booting()
-        old = self.old_serving()
-        fresh = len(self._fresh_ready())
+        dying = self._dying()
+        old = self.old_serving() + [w for w in dying if not self._current(w)]
+        fresh = len(self._fresh_ready()) + sum(1 for w in dying if self._current(w))
         deficit = self.desired - fresh - len(booting)
         if deficit <= 0 or now < self.next_spawn_at:
             return []
@@ -354,70 +517,80 @@ class Supervisor:
             candidates += fresh
         actions: list[Action] = []
         for worker in candidates[: max(0, excess)]:
-            reason = worker.reason or ("reload" if not self._current(worker) else "scale down")
+            reason = Reason.RELOAD if not self._current(worker) else Reason.SCALE_DOWN
             actions.append(self._stop(worker, True, now, reason, handoff=True))
         return actions
 
     def _stop(
-        self, worker: WorkerRecord, graceful: bool, now: float, reason: str, handoff: bool = False
+        self,
+        worker: WorkerRecord,
+        graceful: bool,
+        now: float,
+        reason: Reason,
+        handoff: bool = False,
     ) -> Stop:
         timeout = self.graceful_timeout if graceful else 0.0
         worker.to(Phase.STOPPING)
-        worker.hurried = not graceful
-        worker.reason = worker.reason or reason
-        worker.stop_deadline = now + timeout + STOP_MARGIN
-        return Stop(worker, graceful, timeout, reason, handoff)
+        worker.graceful = graceful
+        worker.why(reason)
+        worker.deadline = now + timeout + STOP_MARGIN
+        return Stop(worker, graceful, timeout, str(worker.reason), handoff)
 
-    def _check_timeouts(self, now: float) -> list[Action]:
+    # -- escalation: one table, one rule ----------------------------------------------
+
+    def _overdue(self, worker: WorkerRecord, now: float) -> tuple[Reason | None, str] | None:
+        """Why ``worker`` must escalate now (a reason if it had none, and a detail)."""
+        phase = worker.phase
+        if phase is Phase.BOOTING and now - worker.started_at > self.boot_timeout:
+            return Reason.BOOT_TIMEOUT, f"not ready after {self.boot_timeout:g}s (boot timeout)"
+        if phase in SERVING and now - worker.last_beat > self.timeout:
+            return (
+                Reason.HEARTBEAT_TIMEOUT,
+                f"no heartbeat for {now - worker.last_beat:.1f}s (timeout {self.timeout:g}s)",
+            )
+        if worker.deadline is not None and now > worker.deadline:
+            if phase is Phase.STOPPING:
+                return None, "still running after the graceful timeout"
+            if phase is Phase.TERMINATING:
+                return None, "did not exit after TERM"
+        return None
+
+    def _escalate(self, now: float) -> list[Action]:
         actions: list[Action] = []
         for worker in list(self.workers.values()):
-            if worker.killed:
-                continue
-            if worker.term_sent_at is not None:
-                if now - worker.term_sent_at >= KILL_GRACE:
-                    worker.killed = True
-                    actions.append(Kill(worker, signal.SIGKILL, "did not exit after TERM"))
-                continue
-            reason = self._overdue(worker, now)
-            if reason:
-                worker.term_sent_at = now
-                worker.reason = worker.reason or reason
-                actions.append(Kill(worker, signal.SIGTERM, reason))
+            overdue = self._overdue(worker, now)
+            if overdue is not None:
+                reason, detail = overdue
+                if reason is not None:
+                    worker.why(reason, detail)
+                actions.append(self._escalate_now(worker, now, detail))
         return actions
 
-    def _overdue(self, worker: WorkerRecord, now: float) -> str:
-        if worker.phase is Phase.BOOTING and now - worker.started_at > self.boot_timeout:
-            return f"not ready after {self.boot_timeout:g}s (boot timeout)"
-        if worker.phase in (Phase.READY, Phase.RETIRING) and now - worker.last_beat > self.timeout:
-            return f"no heartbeat for {now - worker.last_beat:.1f}s (timeout {self.timeout:g}s)"
-        if (
-            worker.phase is Phase.STOPPING
-            and worker.stop_deadline is not None
-            and now > worker.stop_deadline
-        ):
-            return "still running after the graceful timeout"
-        return ""
+    def _escalate_now(self, worker: WorkerRecord, now: float, detail: str) -> Kill:
+        phase, signum = ESCALATION[worker.phase]
+        if worker.phase is Phase.STOPPING and not worker.graceful:
+            # Told to stop fast and still there: TERM would only ask it again.
+            phase, signum = Phase.KILLED, signal.SIGKILL
+        worker.to(phase)
+        worker.deadline = now + KILL_GRACE if phase is Phase.TERMINATING else None
+        return Kill(worker, signum, detail)
 
     def _decide_stop(self, now: float) -> list[Action]:
         graceful = self.stopping == "graceful"
         actions: list[Action] = []
-        for worker in self._by_phase(Phase.BOOTING, Phase.READY, Phase.RETIRING):
-            actions.append(self._stop(worker, graceful, now, "arbiter stopping"))
-        for worker in self._by_phase(Phase.STOPPING):
-            if worker.killed:
-                continue
-            if not graceful and not worker.hurried:
-                # Draining, and now asked to stop fast (a second Ctrl-C): cut it short.
-                worker.hurried = True
-                deadline = now + STOP_MARGIN
-                if worker.stop_deadline is None or worker.stop_deadline > deadline:
-                    worker.stop_deadline = deadline
-                actions.append(Stop(worker, False, 0.0, "fast stop"))
-            if worker.stop_deadline is not None and now > worker.stop_deadline:
-                worker.killed = True
-                actions.append(Kill(worker, signal.SIGKILL, "did not stop in time"))
+        for worker in self._by_phase(Phase.BOOTING, *SERVING):
+            actions.append(self._stop(worker, graceful, now, Reason.ARBITER_STOPPING))
+        if not graceful:
+            for worker in self._by_phase(Phase.STOPPING):
+                if worker.graceful:
+                    # Draining, and now asked to stop fast (a second Ctrl-C): cut it short.
+                    worker.graceful = False
+                    deadline = now + STOP_MARGIN
+                    if worker.deadline is None or worker.deadline > deadline:
+                        worker.deadline = deadline
+                    actions.append(Stop(worker, False, 0.0, "fast stop"))
         if not self.workers:
-            actions.append(Exit(0, "stopped"))
+            actions.append(Exit(EXIT_OK, "stopped"))
         return actions
 
     # -- reporting --------------------------------------------------------------------
