@@ -627,9 +627,9 @@ class PoolConnection(Generic[C]):
 
     ``close()`` gives it back to the pool (idempotent); ``detach()`` takes it out of the
     pool for good (the caller then owns it and closes it). ``async with await
-    pool.connect() as conn:`` releases it on exit, or detaches and aborts it when the block
-    raised a connection error, timed out or was cancelled: a request cut short would leave
-    its answer for the next user. Once released, using it raises RuntimeError rather than
+    pool.connect() as conn:`` (or a plain ``with``, as pulsar code has it) releases it on
+    exit, or detaches and aborts it when the block raised a connection error, timed out or
+    was cancelled: a request cut short would leave its answer for the next user. Once released, using it raises RuntimeError rather than
     touching a connection someone else may hold.
     """
 
@@ -684,6 +684,21 @@ class PoolConnection(Generic[C]):
             self._pool._detach(self._connection)
         return self._connection
 
+    def __enter__(self) -> PoolConnection[C]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``with conn:`` (pulsar's form) as ``async with``: release, or drop if broken."""
+        if isinstance(exc, _BROKEN) and self._state == _CHECKED_OUT:
+            _shut(self.detach(), abort=True)
+        else:
+            self.close()
+
     async def __aenter__(self) -> PoolConnection[C]:
         return self
 
@@ -693,10 +708,7 @@ class PoolConnection(Generic[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if isinstance(exc, _BROKEN) and self._state == _CHECKED_OUT:
-            _shut(self.detach(), abort=True)
-        else:
-            self.close()
+        self.__exit__(exc_type, exc, tb)
 
     def __del__(self) -> None:
         # A PoolConnection dropped without close() would hold its slot forever and, after

@@ -51,7 +51,11 @@ def _task_done(name: str, callback: Callback) -> Callable[[asyncio.Task[Any]], N
 
 
 class AbstractEvent:
-    """What one-time and many-times events share: a name and an ordered list of callbacks."""
+    """What one-time and many-times events share: a name and an ordered list of callbacks.
+
+    Every event can be awaited: a one-time event for its (only) firing, at once if it has
+    fired; a many-times event for its next firing.
+    """
 
     __slots__ = ("_handlers", "name")
 
@@ -81,19 +85,54 @@ class AbstractEvent:
     def fired(self) -> bool:
         raise NotImplementedError
 
+    def waiter(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
+        raise NotImplementedError
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise NotImplementedError
+
 
 class Event(AbstractEvent):
-    """A many-times event: every fire calls every callback, in binding order."""
+    """A many-times event: every fire calls every callback, in binding order.
 
-    __slots__ = ()
+    Awaiting it waits for its next firing and returns the argument it fires with.
+    """
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._waiters: list[asyncio.Future[Any]] | None = None
 
     def fire(self, arg: Any, **kw: Any) -> bool:
         for callback in tuple(self._handlers):
             _call(self.name, callback, arg, kw)
+        waiters = self._waiters
+        if waiters:
+            self._waiters = None
+            exc = kw.get("exc")
+            for waiter in waiters:
+                if waiter.done():  # its awaiter was cancelled
+                    continue
+                if isinstance(exc, BaseException):
+                    waiter.set_exception(exc)
+                else:
+                    waiter.set_result(arg)
         return True
 
     def fired(self) -> bool:
         return False
+
+    def waiter(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
+        """A future resolved by the next firing (one per call: cancelling it is local)."""
+        waiter = (loop or asyncio.get_running_loop()).create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        return waiter
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.waiter().__await__()
 
 
 class OneTime(AbstractEvent):

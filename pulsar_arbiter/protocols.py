@@ -13,11 +13,15 @@ connection only and are logged once, never reaching the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Generic
 
-from .events import AbstractEvent, EventHandler, OneTime
+from typing_extensions import TypeVar
+
+from .events import AbstractEvent, EventHandler
 from .mixins import FlowControl, Timeout
 
 __all__ = [
@@ -52,6 +56,18 @@ ProtocolFactory = Callable[..., "PulsarProtocol"]
 #: (then it calls the connection's ``_handed_off()`` once the socket is on its way).
 Handoff = Callable[["Connection"], bool]
 NO_WRITE: tuple[()] = ()
+#: What a consumer's ``request`` is: whatever ``start(request)`` was given (an
+#: ``HttpRequest`` for HTTP consumers, the message for a client's).
+RequestT = TypeVar("RequestT", default=Any)
+
+
+def class_default(obj: object, name: str) -> Any:
+    """A class attribute of ``obj`` as written in the class body, never bound: a factory
+    declared as ``protocol_factory = partial(Connection, Echo)``, a class or a function."""
+    value = inspect.getattr_static(type(obj), name, None)
+    if isinstance(value, (staticmethod, classmethod)):
+        return value.__get__(None, type(obj))
+    return value
 
 
 class Producer(EventHandler):
@@ -65,6 +81,10 @@ class Producer(EventHandler):
     ONE_TIME_EVENTS: tuple[str, ...] = ("max_requests",)
     MANY_TIMES_EVENTS = ("connection_made", "pre_request", "post_request", "connection_lost")
 
+    #: The default factory of the protocols it creates; a subclass may declare it in its
+    #: class body (``protocol_factory = partial(Connection, EchoProtocol)``), as in pulsar.
+    protocol_factory: ProtocolFactory | None = None
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -73,8 +93,11 @@ class Producer(EventHandler):
         max_requests: int | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        if loop is None:  # made inside a coroutine: its loop (``self.loop`` asks later)
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
         super().__init__(loop)
-        self.protocol_factory = protocol_factory
+        self.protocol_factory = protocol_factory or class_default(self, "protocol_factory")
         self.name = name or type(self).__name__.lower()
         self.max_requests = max_requests or 0
         self.logger = logger or LOGGER
@@ -201,16 +224,16 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
     def eof_received(self) -> bool | None:
         return None
 
-    def close(self) -> OneTime:
+    def close(self) -> AbstractEvent:
         """Close the transport once its buffer is flushed; await the result to wait for it."""
         transport = self._transport
         if transport is not None:
             transport.close()
         else:
             self.fire_event("connection_lost")
-        return cast(OneTime, self.event("connection_lost"))
+        return self.event("connection_lost")
 
-    def abort(self) -> OneTime:
+    def abort(self) -> AbstractEvent:
         """Close the transport at once, dropping what is buffered."""
         transport = self._transport
         if transport is not None:
@@ -221,7 +244,7 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
                 transport.close()
         else:
             self.fire_event("connection_lost")
-        return cast(OneTime, self.event("connection_lost"))
+        return self.event("connection_lost")
 
 
 class Protocol(FlowControl, PulsarProtocol, asyncio.Protocol):
@@ -602,12 +625,13 @@ class Connection(Timeout, Protocol):
             self._current_consumer = None
 
 
-class ProtocolConsumer(EventHandler):
+class ProtocolConsumer(EventHandler, Generic[RequestT]):
     """Consumes one request (server side) or one request/response (client side).
 
     ``data_received(data)`` returns the bytes it did not use (the start of the next
     request), or None; ``finished()`` ends it, fires ``post_request`` (also awaitable as
-    ``on_finished``) and hands the connection to the next consumer.
+    ``on_finished``) and hands the connection to the next consumer. ``RequestT`` is the
+    type of its ``request`` (``class Echo(ProtocolConsumer)`` leaves it unchecked).
     """
 
     ONE_TIME_EVENTS = ("pre_request", "post_request")
@@ -635,9 +659,9 @@ class ProtocolConsumer(EventHandler):
         return f"<{type(self).__name__} of {self._connection!r}>"
 
     @property
-    def connection(self) -> Any:
+    def connection(self) -> Connection | DatagramProtocol | None:
         """The Connection (or DatagramProtocol) this consumer reads from and writes to."""
-        return self._connection
+        return self._connection  # type: ignore[no-any-return]
 
     @property
     def transport(self) -> asyncio.BaseTransport | None:
@@ -649,8 +673,9 @@ class ProtocolConsumer(EventHandler):
         return self._producer
 
     @property
-    def request(self) -> Any:
-        return self._request
+    def request(self) -> RequestT:
+        """What ``start(request)`` was given (None before the request started)."""
+        return self._request  # type: ignore[no-any-return]
 
     @property
     def address(self) -> Any:
@@ -661,13 +686,14 @@ class ProtocolConsumer(EventHandler):
         return connection.address if connection is not None else None
 
     @property
-    def on_finished(self) -> OneTime:
+    def on_finished(self) -> AbstractEvent:
         """The ``post_request`` event: await it for the end of the request."""
-        return cast(OneTime, self.event("post_request"))
+        return self.event("post_request")
 
     @property
     def finished_ok(self) -> bool:
-        return self._finished
+        """The request ended, and without an error."""
+        return self._finished and self._finish_exc is None
 
     def connection_made(self, connection: Any) -> None:
         """Attach to ``connection``; called once, before the first byte."""
@@ -676,7 +702,7 @@ class ProtocolConsumer(EventHandler):
         if self._loop is None:
             self._loop = connection._loop
 
-    def start(self, request: Any = None) -> None:
+    def start(self, request: RequestT | None = None) -> None:
         """Start the request: fires ``pre_request``, then ``start_request()`` for clients."""
         if self._started:
             raise RuntimeError(f"{self!r} already started")

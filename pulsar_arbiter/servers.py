@@ -61,7 +61,7 @@ class _Server(Producer):
 
     def __init__(
         self,
-        protocol_factory: ProtocolFactory,
+        protocol_factory: ProtocolFactory | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         address: Any = None,
         name: str | None = None,
@@ -113,7 +113,7 @@ class TcpServer(_Server):
 
     def __init__(
         self,
-        protocol_factory: ProtocolFactory,
+        protocol_factory: ProtocolFactory | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         address: Any = None,
         name: str | None = None,
@@ -259,7 +259,7 @@ class TcpServer(_Server):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            waiters = [p.event("connection_lost").waiter() for p in self._connections]  # type: ignore[attr-defined]
+            waiters = [p.event("connection_lost").waiter() for p in self._connections]
             done, _ = await asyncio.wait(waiters, timeout=remaining)
             for waiter in done:  # retrieved, so a reset does not log "never retrieved"
                 if not waiter.cancelled():
@@ -284,7 +284,7 @@ class DatagramServer(_Server):
 
     def __init__(
         self,
-        protocol_factory: ProtocolFactory,
+        protocol_factory: ProtocolFactory | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         address: Any = None,
         name: str | None = None,
@@ -330,7 +330,7 @@ class DatagramServer(_Server):
             for transport in self.endpoints:
                 transport.close()
             if waiters:
-                await asyncio.wait([w.waiter() for w in waiters], timeout=1.0)  # type: ignore[attr-defined]
+                await asyncio.wait([w.waiter() for w in waiters], timeout=1.0)
         finally:
             self._closing.set_result(None)
             self.fire_event("stop")

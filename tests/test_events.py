@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 import pytest
@@ -186,3 +187,37 @@ def test_a_cancelled_awaiter_does_not_cancel_the_event(run: Runner) -> None:
         assert await thing.event("start") == 7
 
     run(main())
+
+
+def test_a_many_times_event_awaits_its_next_firing(run: Runner) -> None:
+    """Every event is awaitable, with no cast: a many-times one for its next firing."""
+
+    async def main() -> None:
+        thing = Thing()
+        thing.fire_event("tick", 1)  # before anyone waits: not seen
+        loop = asyncio.get_running_loop()
+        loop.call_soon(thing.fire_event, "tick", 2)
+        assert await thing.event("tick") == 2
+        loop.call_soon(partial(thing.fire_event, "tick", None, exc=ValueError("bad tick")))
+        with pytest.raises(ValueError, match="bad tick"):
+            await thing.event("tick")
+        # A cancelled awaiter does not stop the others from seeing the firing.
+        first = asyncio.ensure_future(asyncio.wait_for(thing.event("tick"), 0.01))
+        second = asyncio.ensure_future(thing.event("tick").waiter())
+        with pytest.raises(asyncio.TimeoutError):
+            await first
+        thing.fire_event("tick", 3)
+        assert await second == 3
+
+    run(main())
+
+
+def test_finished_ok_only_without_an_error() -> None:
+    from pulsar_arbiter import ProtocolConsumer
+
+    ok, failed = ProtocolConsumer(), ProtocolConsumer()
+    assert not ok.finished_ok
+    ok.finished()
+    failed.finished(ConnectionResetError("gone"))
+    assert ok.finished_ok
+    assert not failed.finished_ok, "finished, but with an error"
