@@ -31,12 +31,17 @@ from pulsar_arbiter.http import (
     http_protocol_factory,
     status_line,
 )
+from pulsar_arbiter.http.wsgi import wsgi_protocol_factory
 from tests.conftest import Runner
 from tests.consumers import port_of, reset, wait_for
 from tests.http_corpus import BAD_REQUESTS, GOOD, LIMITS
+from tests.test_http_state import checked_states  # noqa: F401 - a fixture
 
 # Seconds any single read of an answer may take: generous, but a hang fails the test.
 READ_TIMEOUT = 5.0
+
+# Every state change a connection makes over loopback must be one the table lists.
+pytestmark = pytest.mark.usefixtures("checked_states")
 
 
 # ------------------------------------------------------------------------------ client
@@ -131,7 +136,11 @@ async def serving(
     **kw: Any,
 ) -> AsyncIterator[TcpServer]:
     """An HTTP server on a free loopback port, closed (and its threads stopped) after."""
-    factory = factory or http_protocol_factory(app, kind=kind, threads=threads, limits=limits)  # type: ignore[arg-type]
+    if factory is None:
+        if kind == "wsgi":
+            factory = wsgi_protocol_factory(app, threads=threads, limits=limits)
+        else:
+            factory = HttpProtocolFactory(app, kind=kind, threads=threads, limits=limits)
     server = TcpServer(factory, asyncio.get_running_loop(), address=("127.0.0.1", 0), **kw)
     await server.start_serving(sslcontext=sslcontext)
     try:
@@ -1198,13 +1207,19 @@ def test_limits_are_validated() -> None:
 def test_factory_arguments_are_validated() -> None:
     with pytest.raises(TypeError):
         http_protocol_factory("not callable")
-    with pytest.raises(ValueError, match="kind"):
-        http_protocol_factory(describe, kind="asgi")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        wsgi_protocol_factory("not callable")  # type: ignore[arg-type]
+    # The choice of WSGI lives above HTTP: http_protocol_factory serves raw handlers only.
+    with pytest.raises(ValueError, match="wsgi_protocol_factory"):
+        http_protocol_factory(describe, kind="wsgi")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="consumer_factory"):
+        HttpProtocolFactory(describe, kind="asgi")
     with pytest.raises(ValueError, match="threads"):
-        http_protocol_factory(describe, kind="raw", threads=2)
+        HttpProtocolFactory(describe, kind="raw", threads=2)
     with pytest.raises(ValueError, match="threads"):
-        http_protocol_factory(describe, threads=-1)
+        wsgi_protocol_factory(describe, threads=-1)  # type: ignore[arg-type]
     assert "raw" in repr(http_protocol_factory(describe, kind="raw"))
+    assert "wsgi" in repr(wsgi_protocol_factory(describe, threads=2))  # type: ignore[arg-type]
 
 
 def test_static_bytes() -> None:

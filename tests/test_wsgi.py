@@ -28,10 +28,14 @@ from tests.test_http import (
     read_slowly,
     serving,
 )
+from tests.test_http_state import checked_states  # noqa: F401 - a fixture
 from tests.test_tls import self_signed
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], None]]
+
+# Every state change a connection makes over loopback must be one the table lists.
+pytestmark = pytest.mark.usefixtures("checked_states")
 
 # Every behaviour holds inline (threads=0) and in a thread pool.
 THREADS = pytest.mark.parametrize("threads", [0, 2], ids=["inline", "threaded"])
@@ -722,16 +726,29 @@ def test_response_headers() -> None:
             _encode_headers(headers)
 
 
+class FakeLoop:
+    """Runs what a thread hands to the loop at once, in that thread."""
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
+        callback(*args)
+
+
 class FakeConnection:
-    """What WsgiInput needs from its connection."""
+    """What WsgiInput needs from its connection: its public reading holds and loop."""
 
     def __init__(self, timeout: float = 5.0) -> None:
         self.limits = Limits(body_timeout=timeout)
-        self._loop: Any = None
+        self.loop = FakeLoop()
         self.holds: list[str] = []
 
-    def _hold_reading(self, reason: int) -> None:
+    def hold_reading(self, reason: int) -> None:
         self.holds.append("hold")
+
+    def release_reading(self, reason: int) -> None:
+        self.holds.append("release")
+
+    def abort(self) -> None:
+        self.holds.append("abort")
 
 
 def test_wsgi_input_reads() -> None:
@@ -761,11 +778,14 @@ def test_wsgi_input_waits_for_bytes_and_fails_cleanly() -> None:
     assert connection.holds == ["hold"]
     stream.fail(ConnectionResetError("gone"))
     assert len(stream.read(STREAM_HIGH + 1)) == STREAM_HIGH + 1
+    assert connection.holds == ["hold", "release"]
     with pytest.raises(ConnectionResetError):
         stream.read(1)
-    timed = WsgiInput(FakeConnection(timeout=0.05), b"", False)  # type: ignore[arg-type]
+    slow = FakeConnection(timeout=0.05)
+    timed = WsgiInput(slow, b"", False)  # type: ignore[arg-type]
     with pytest.raises(TimeoutError):
         timed.readline()
+    assert slow.holds == ["abort"]
 
 
 def test_over_tls(run: Runner, tmp_path: Path) -> None:

@@ -32,15 +32,20 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import (
-    HOLD_STREAM,
-    HttpConnection,
-    HttpConsumer,
-    HttpRequest,
-    status_line,
-)
+from .connection import HOLD_STREAM, HttpConnection
+from .consumer import HttpConsumer
+from .factory import HttpProtocolFactory
+from .limits import Limits
+from .request import HttpRequest
+from .wire import status_line
 
-__all__ = ["ThreadedWsgiConsumer", "WsgiConsumer", "WsgiInput", "build_environ"]
+__all__ = [
+    "ThreadedWsgiConsumer",
+    "WsgiConsumer",
+    "WsgiInput",
+    "build_environ",
+    "wsgi_protocol_factory",
+]
 
 LOGGER = logging.getLogger("pulsar_arbiter.wsgi")
 
@@ -142,15 +147,15 @@ def _base_environ(connection: HttpConnection, multithread: bool) -> dict[str, An
 def build_environ(request: HttpRequest, stream: Any, multithread: bool = False) -> dict[str, Any]:
     """The PEP 3333 environ of ``request``, with ``stream`` as ``wsgi.input``."""
     connection = request.connection
-    base = connection._wsgi_environ
+    base: dict[str, Any] | None = connection.adapter_state
     if base is None:
-        base = connection._wsgi_environ = _base_environ(connection, multithread)
+        base = connection.adapter_state = _base_environ(connection, multithread)
     environ = base.copy()
     target = request.target
     if target[:1] == b"/":
         path, _, query = target.partition(b"?")
     else:
-        path, query = request._split_target()
+        path, query = request.split_target()
     environ["REQUEST_METHOD"] = request.method
     environ["PATH_INFO"] = (
         path.decode("latin-1") if b"%" not in path else _unquote(path).decode("latin-1")
@@ -257,7 +262,7 @@ class WsgiConsumer(HttpConsumer):
 
     def on_message(self) -> None:
         request = self._request
-        environ = build_environ(request, io.BytesIO(request._body), self.multithread)
+        environ = build_environ(request, io.BytesIO(request.body), self.multithread)
         try:
             result = self._connection.app(environ, self.start_response)
             data = self._whole_response(result)
@@ -350,7 +355,7 @@ class ThreadedWsgiConsumer(WsgiConsumer):
         request = self._request
         if request.has_body and not request.complete:
             stream = WsgiInput(self._connection, request.body, request.complete)
-            request._stream = stream
+            request.body_stream = stream
             self._submit(stream)
 
     def on_message(self) -> None:
@@ -372,8 +377,7 @@ class ThreadedWsgiConsumer(WsgiConsumer):
 
     # -- in the worker thread
     def _run(self) -> None:
-        loop = self._connection._loop
-        assert loop is not None
+        loop = self._connection.loop
         close = None
         try:
             environ = build_environ(self._request, self._input, True)
@@ -416,8 +420,7 @@ class ThreadedWsgiConsumer(WsgiConsumer):
     def _post(self, data: bytes, end: bool) -> None:
         if self._lost:
             raise ConnectionResetError("connection lost while answering")
-        loop = self._connection._loop
-        assert loop is not None
+        loop = self._connection.loop
         loop.call_soon_threadsafe(self._deliver, data, end)
         if end:
             return
@@ -477,7 +480,7 @@ class WsgiInput:
             self._cond.notify_all()
             if len(self._buffer) > STREAM_HIGH and not self._held:
                 self._held = True
-                self._connection._hold_reading(HOLD_STREAM)
+                self._connection.hold_reading(HOLD_STREAM)
 
     def feed_eof(self) -> None:
         with self._cond:
@@ -501,9 +504,7 @@ class WsgiInput:
             if not cond.wait(self._timeout):
                 error = TimeoutError(f"no request body bytes for {self._timeout}s")
                 self._error = error
-                loop = self._connection._loop
-                if loop is not None:
-                    loop.call_soon_threadsafe(self._connection.abort)
+                self._connection.loop.call_soon_threadsafe(self._connection.abort)
                 raise error
 
     def _take(self, size: int) -> bytes:
@@ -512,9 +513,9 @@ class WsgiInput:
         del buffer[:size]
         if self._held and len(buffer) < STREAM_LOW:
             self._held = False
-            loop = self._connection._loop
-            if loop is not None:
-                loop.call_soon_threadsafe(self._connection._release_reading, HOLD_STREAM)
+            self._connection.loop.call_soon_threadsafe(
+                self._connection.release_reading, HOLD_STREAM
+            )
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -556,3 +557,20 @@ class WsgiInput:
             if not line:
                 return
             yield line
+
+
+def wsgi_protocol_factory(
+    app: WsgiApp, threads: int = 0, limits: Limits | None = None
+) -> HttpProtocolFactory:
+    """The protocol factory serving WSGI application ``app`` over HTTP/1.1.
+
+    ``threads`` = 0 runs the app inline in the loop's thread; N > 0 runs it in a pool of
+    N threads (see the module docstring). ``limits`` bounds what a peer may send. Serve it
+    with ``TcpServer(wsgi_protocol_factory(app), loop, address=...)``.
+    """
+    if not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be a non-negative integer, got {threads!r}")
+    consumer = ThreadedWsgiConsumer if threads else WsgiConsumer
+    return HttpProtocolFactory(
+        app, kind="wsgi", threads=threads, limits=limits, consumer_factory=consumer
+    )

@@ -67,10 +67,14 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
     if app is None:
         app = Echo if cfg.app is None else import_app(reference)
     if cfg.wsgi or cfg.http:
-        from ..http import http_protocol_factory
+        from ..http import HttpProtocolFactory
+        from ..http.wsgi import wsgi_protocol_factory
 
         kind: Literal["raw", "wsgi"] = "wsgi" if cfg.wsgi else "raw"
-        factory = http_protocol_factory(app, kind=kind, threads=cfg.threads)
+        if cfg.wsgi:
+            factory = wsgi_protocol_factory(app, threads=cfg.threads)
+        else:
+            factory = HttpProtocolFactory(app, kind="raw", threads=cfg.threads)
         return Factories(factory, None, f"{kind} HTTP app {reference}")
     if isinstance(app, type) and issubclass(app, ProtocolConsumer):
         return Factories(
