@@ -28,7 +28,7 @@ from tests.runtime import Arbiter, whoami
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-HEADER = ipc._HEADER
+HEADER = ipc.HEADER
 
 json_scalars = (
     st.none()
@@ -103,8 +103,10 @@ messages = st.one_of(
     st.builds(ipc.heartbeat, st.dictionaries(st.text(max_size=10), json_scalars, max_size=5)),
     st.builds(ipc.retiring, st.text(max_size=50)),
     st.builds(ipc.stop, st.booleans(), st.none() | st.floats(0, 1e6)),
-    st.builds(ipc.command, st.integers(0, 2**40), st.text(max_size=10)),
-    st.builds(ipc.reply, st.integers(0, 2**40), json_values, st.none() | st.text(max_size=20)),
+    st.builds(ipc.command, st.integers(1, 2**40), st.text(min_size=1, max_size=10)),
+    st.builds(ipc.notify, st.text(min_size=1, max_size=10)),
+    st.builds(ipc.boot_error, st.text(max_size=50)),
+    st.builds(ipc.reply, st.integers(1, 2**40), json_values, st.none() | st.text(max_size=20)),
 )
 
 
@@ -293,7 +295,8 @@ def test_control_json_of_any_shape(control: ServerThread, value: Any, newline: b
 def test_control_command_with_bad_arguments(
     control: ServerThread, name: str, workers: Any, valid_scale: bool
 ) -> None:
-    """Any "workers": scale acts only on an integer in 1..MAX_WORKERS; the rest are errors."""
+    """Any "workers": scale acts only on an integer in 1..MAX_WORKERS; the rest are errors,
+    and so is any argument to a command that takes none."""
     before = len(control.stub.calls)
     answer = answer_of(
         control.path, json.dumps({"command": name, "workers": workers}).encode() + b"\n"
@@ -308,7 +311,16 @@ def test_control_command_with_bad_arguments(
         else:
             assert len(control.stub.calls) == before
     else:
-        assert "error" not in answer
+        assert answer == {"error": f"{name}: unknown argument 'workers'"}
+        assert len(control.stub.calls) == before
+
+
+@pytest.mark.parametrize("name", ["stats", "reload", "stop"])
+def test_control_commands_without_arguments_act(control: ServerThread, name: str) -> None:
+    before = len(control.stub.calls)
+    answer = answer_of(control.path, json.dumps({"command": name}).encode() + b"\n")
+    assert "error" not in answer
+    assert control.stub.calls[before:] == [(name, True if name == "stop" else None)]
 
 
 @FUZZ
@@ -362,7 +374,7 @@ def test_control_target_failure_is_answered(control: ServerThread) -> None:
         answer = answer_of(control.path, b'{"command":"stats"}\n')
     finally:
         control.stub.stats = original  # type: ignore[method-assign]
-    assert answer == {"error": "internal error: RuntimeError: boom"}
+    assert answer == {"error": "stats: RuntimeError: boom"}
     still_serves(control.path)
 
 

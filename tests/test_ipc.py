@@ -1,5 +1,5 @@
-"""IPC framing (pure, with property tests) and the Channel over real socketpairs, on
-both asyncio and uvloop."""
+"""IPC: the message table and framing (pure, with property tests), the command registry,
+and the Channel over real socketpairs, on both asyncio and uvloop."""
 
 from __future__ import annotations
 
@@ -18,13 +18,19 @@ from hypothesis import strategies as st
 
 from pulsar_arbiter import ipc
 from pulsar_arbiter.ipc import (
+    COMMANDS,
     MAX_FRAME,
+    MAX_RUNNING_COMMANDS,
     Channel,
     ChannelClosed,
     CommandError,
+    Direction,
     FrameDecoder,
+    Kind,
     Message,
+    OnCommand,
     ProtocolError,
+    Registry,
     encode,
 )
 
@@ -52,8 +58,12 @@ def test_encode_is_length_prefixed_compact_json() -> None:
         ipc.retiring("max_requests"),
         ipc.stop(),
         ipc.stop(graceful=False, timeout=2.5),
-        ipc.command(0, "stats"),
+        ipc.stop(handoff=True),
+        ipc.draining(),
+        ipc.boot_error("ImportError: no module named 'x'"),
+        ipc.command(1, "stats"),
         ipc.command(7, "scale", {"n": 3}),
+        ipc.notify("reopen_logs"),
         ipc.reply(7, {"ok": True}),
         ipc.reply(8, None, error="unknown command 'x'"),
         {"type": "ready", "pid": 1, "extra": "fields are allowed"},
@@ -69,8 +79,11 @@ def test_constructors_round_trip(msg: Message) -> None:
         ({"type": "hello"}, "unknown message type 'hello'"),
         ({"pid": 1}, "unknown message type None"),
         ({"type": "ready"}, "ready: missing field 'pid'"),
-        (ipc.command(True, "x"), "'id' must be an integer >= 0"),
-        (ipc.command(-1, "x"), "'id' must be an integer >= 0"),
+        (ipc.command(True, "x"), "'id' must be an integer >= 1"),
+        (ipc.command(-1, "x"), "'id' must be an integer >= 1"),
+        (ipc.command(0, "x"), "'id' must be an integer >= 1"),
+        (ipc.command(1, ""), "'name' must be a non-empty string"),
+        (ipc.notify("x" * 101), "'name' must be a non-empty string of at most 100"),
         (ipc.stop(timeout=float("inf")), "'timeout' must be a number >= 0 or null"),
         (ipc.heartbeat({"load": float("nan")}), "not JSON compliant"),
         (ipc.heartbeat({"when": object()}), "not JSON serializable"),
@@ -137,13 +150,200 @@ def test_decoder_accepts_frame_of_exactly_max_size() -> None:
         (b'{"type":"reply","id":1,"result":null,"error":5}', "'error' must be a string or null"),
         (b'{"type":"heartbeat","stats":[]}', "'stats' must be an object"),
         (b'{"type":"stop","graceful":1,"timeout":null}', "'graceful' must be a boolean"),
-        (b'{"type":"stop","graceful":true,"timeout":-1}', "'timeout' must be a number >= 0"),
+        (
+            b'{"type":"stop","graceful":true,"timeout":-1,"handoff":false}',
+            "'timeout' must be a number >= 0",
+        ),
+        (b'{"type":"stop","graceful":true,"timeout":null}', "stop: missing field 'handoff'"),
+        (b'{"type":"boot_error"}', "boot_error: missing field 'error'"),
+        (b'{"type":"notify","name":"x"}', "notify: missing field 'args'"),
     ],
 )
 def test_decoder_rejects_bad_payloads(payload: bytes, fragment: str) -> None:
     with pytest.raises(ProtocolError) as info:
         FrameDecoder().feed(frame(payload))
     assert fragment in str(info.value)
+
+
+# -- the message table ------------------------------------------------------------------
+
+CONSTRUCTED = {
+    "ready": ipc.ready(1),
+    "heartbeat": ipc.heartbeat({}),
+    "retiring": ipc.retiring("max_requests"),
+    "draining": ipc.draining(),
+    "boot_error": ipc.boot_error("boom"),
+    "stop": ipc.stop(),
+    "command": ipc.command(1, "ping"),
+    "notify": ipc.notify("reopen_logs"),
+    "reply": ipc.reply(1, "pong"),
+}
+
+
+def test_every_message_type_has_a_constructor_that_the_table_accepts() -> None:
+    assert set(CONSTRUCTED) == set(ipc.MESSAGES) == ipc.MESSAGE_TYPES
+    for kind, msg in CONSTRUCTED.items():
+        assert msg["type"] == kind
+        assert ipc.validate(msg, ipc.MESSAGES[kind].direction) is msg
+
+
+def test_only_command_expects_a_reply() -> None:
+    """Notifications (reopen_logs, boot_error among them) are never answered."""
+    kinds = {name: spec.kind for name, spec in ipc.MESSAGES.items()}
+    assert [name for name, kind in kinds.items() if kind is Kind.REQUEST] == ["command"]
+    assert [name for name, kind in kinds.items() if kind is Kind.REPLY] == ["reply"]
+    assert kinds["notify"] is kinds["boot_error"] is kinds["stop"] is Kind.NOTIFICATION
+
+
+@pytest.mark.parametrize(
+    ("msg", "receiving", "accepted"),
+    [
+        (ipc.stop(), Direction.TO_WORKER, True),
+        (ipc.stop(), Direction.TO_ARBITER, False),
+        (ipc.heartbeat({}), Direction.TO_ARBITER, True),
+        (ipc.heartbeat({}), Direction.TO_WORKER, False),
+        (ipc.boot_error("x"), Direction.TO_WORKER, False),
+        (ipc.command(1, "ping"), Direction.TO_WORKER, True),
+        (ipc.command(1, "ping"), Direction.TO_ARBITER, True),
+        (ipc.notify("ping"), Direction.TO_ARBITER, True),
+        (ipc.reply(1), Direction.TO_WORKER, True),
+    ],
+)
+def test_the_decoder_holds_the_direction(
+    msg: Message, receiving: Direction, accepted: bool
+) -> None:
+    decoder = FrameDecoder(receiving=receiving)
+    if accepted:
+        assert decoder.feed(encode(msg)) == [msg]
+    else:
+        with pytest.raises(ProtocolError, match="not a message this side receives"):
+            decoder.feed(encode(msg))
+
+
+# -- the command registry (pure) ---------------------------------------------------------
+
+
+class Actor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+
+def registry() -> Registry:
+    commands = Registry()
+
+    @commands.command
+    def ping(actor: Actor) -> str:
+        return "pong"
+
+    @commands.command(name="add", runs_in=("worker", "arbiter"), workers=True)
+    def add_numbers(actor: Actor, *, a: int, b: int = 0) -> int:
+        return a + b
+
+    @commands.command(runs_in=("arbiter",), checks={"n": positive})
+    def scale(actor: Actor, n: int) -> int:
+        actor.calls.append(("scale", n))
+        return n
+
+    @commands.command
+    async def slow(actor: Actor, *, delay: float) -> float:
+        await asyncio.sleep(delay)
+        return delay
+
+    @commands.command(timeout=0.05)
+    async def hang(actor: Actor) -> None:
+        await asyncio.Event().wait()
+
+    @commands.command
+    def broken(actor: Actor) -> None:
+        raise RuntimeError("a bug")
+
+    @commands.command
+    def anything(actor: Actor, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    return commands
+
+
+def positive(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"expected an integer > 0, got {value!r}")
+
+
+def call(commands: Registry, kind: ipc.ActorKind, name: object, **args: Any) -> Any:
+    return asyncio.run(commands.call(Actor(), kind, name, args))
+
+
+def test_registry_dispatches_by_name_and_kind() -> None:
+    commands = registry()
+    assert call(commands, "worker", "ping") == "pong"
+    assert call(commands, "worker", "add", a=1, b=2) == 3
+    assert call(commands, "arbiter", "add", a=1) == 1
+    assert call(commands, "arbiter", "scale", n=3) == 3
+    assert call(commands, "worker", "slow", delay=0) == 0
+    assert call(commands, "worker", "anything", x=[1]) == {"x": [1]}
+    assert [c.name for c in commands.commands("arbiter")] == ["add", "scale"]
+    assert commands.get("worker", "scale") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "args", "error"),
+    [
+        ("worker", "nope", {}, "unknown command 'nope'"),
+        ("worker", ["ping"], {}, "unknown command ['ping']"),
+        ("arbiter", "ping", {}, "unknown command 'ping'"),
+        ("worker", "ping", {"x": 1}, "ping: unknown argument 'x'"),
+        ("worker", "add", {}, "add: missing argument 'a'"),
+        ("arbiter", "scale", {"n": 0}, "scale: n: expected an integer > 0, got 0"),
+        ("arbiter", "scale", {"n": True}, "scale: n: expected an integer > 0"),
+        ("worker", "hang", {}, "hang: no answer within 0.05s"),
+        ("worker", "broken", {}, "broken: RuntimeError: a bug"),
+    ],
+)
+def test_registry_errors_are_command_errors(
+    kind: ipc.ActorKind, name: object, args: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(CommandError) as info:
+        call(registry(), kind, name, **args)
+    assert str(info.value) == error or str(info.value).startswith(error)
+
+
+def test_workers_call_only_what_is_marked_for_them() -> None:
+    commands, actor = registry(), Actor()
+    assert asyncio.run(commands.call(actor, "arbiter", "add", {"a": 2}, from_worker=True)) == 2
+    with pytest.raises(CommandError, match="'scale' cannot be called by a worker"):
+        asyncio.run(commands.call(actor, "arbiter", "scale", {"n": 2}, from_worker=True))
+    assert actor.calls == []
+
+
+def test_registry_refuses_bad_declarations() -> None:
+    commands = registry()
+    with pytest.raises(ValueError, match="already declared for worker"):
+        commands.command(name="ping")(lambda actor: None)
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        commands.command(name="t", timeout=0)(lambda actor: None)
+    with pytest.raises(ValueError, match="runs_in"):
+        commands.command(name="r", runs_in=())(lambda actor: None)
+    with pytest.raises(TypeError, match="checks for unknown arguments"):
+        commands.command(name="c", checks={"x": positive})(lambda actor: None)
+    with pytest.raises(TypeError, match="the actor as its first argument"):
+        commands.command(name="a")(lambda: None)
+    with pytest.raises(TypeError, match="must be a keyword"):
+        commands.command(name="v")(lambda actor, *rest: None)
+
+
+def test_the_builtin_commands() -> None:
+    """One registry: the arbiter's commands are what ctl offers; the worker's include
+    reopen_logs, sent on USR1 as a notification."""
+    arbiter = {c.name: c for c in COMMANDS.commands("arbiter")}
+    assert list(arbiter) == ["reload", "scale", "stats", "stop"]
+    assert [p.name for p in arbiter["scale"].params] == ["workers"]
+    assert not any(c.workers for c in arbiter.values()), "workers may not stop or scale"
+    assert arbiter["stats"].bare_answer
+    worker = [c.name for c in COMMANDS.commands("worker")]
+    assert worker == ["ping", "reopen_logs", "stats"]
+    with pytest.raises(CommandError, match=r"1\.\.4096"):
+        arbiter["scale"].bind({"workers": 4097})
 
 
 # -- property tests ----------------------------------------------------------------------
@@ -161,13 +361,15 @@ json_values = st.recursive(
     max_leaves=8,
 )
 json_objects = st.dictionaries(json_text, json_values, max_size=3)
-ids = st.integers(min_value=0, max_value=2**63)
+ids = st.integers(min_value=1, max_value=2**63)
 messages = st.one_of(
     st.builds(ipc.ready, st.integers()),
     st.builds(ipc.heartbeat, json_objects),
     st.builds(ipc.retiring, json_text),
     st.builds(ipc.stop, st.booleans(), st.none() | st.floats(0, 1e9) | st.integers(0, 10**6)),
-    st.builds(ipc.command, ids, json_text, json_objects),
+    st.builds(ipc.boot_error, json_text),
+    st.builds(ipc.command, ids, json_text.filter(bool), json_objects),
+    st.builds(ipc.notify, json_text.filter(bool), json_objects),
     st.builds(ipc.reply, ids, json_values, st.none() | json_text),
 )
 
@@ -241,21 +443,56 @@ class Inbox:
         return await asyncio.wait_for(self.queue.get(), 2)
 
 
-def answer_commands(channel: Channel, msg: Message) -> None:
-    if msg["type"] != "command":
-        return
-    if msg["name"] == "fail":
-        channel.send(ipc.reply(msg["id"], error="it failed"))
-    elif msg["name"] == "echo":
-        channel.send(ipc.reply(msg["id"], msg["args"]))
+class Served:
+    """A worker side's commands: echo, fail, sleep, hang (until released), and a log of
+    what ran (notifications included)."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, dict[str, Any]]] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, name: str, args: dict[str, Any]) -> Any:
+        self.ran.append((name, args))
+        if name == "echo":
+            return args
+        if name == "fail":
+            raise CommandError("it failed")
+        if name == "sleep":
+            await asyncio.sleep(0.01 * args["delay"])
+            return args["delay"]
+        if name == "hang":
+            self.started.set()
+            await self.release.wait()
+            return "late"
+        if name == "unsendable":
+            return {"when": object()}
+        raise CommandError(f"unknown command {name!r}")
 
 
 OnMessage = Callable[[Channel, Message], Any]
 
 
-async def pair(left: OnMessage, right: OnMessage, **kwargs: Any) -> tuple[Channel, Channel]:
+async def pair(
+    left: OnMessage, right: OnMessage, *, on_command: OnCommand | None = None, **kwargs: Any
+) -> tuple[Channel, Channel]:
+    """(arbiter, worker): ``on_command`` serves the worker side's commands."""
     a, b = socket.socketpair()
-    return await Channel.connect(a, left, **kwargs), await Channel.connect(b, right)
+    return (
+        await Channel.connect(a, left, **kwargs),
+        await Channel.connect(b, right, on_command=on_command),
+    )
+
+
+def read_frames(sock: socket.socket, count: int) -> list[Message]:
+    """Read ``count`` messages from a raw (blocking, with a timeout) socket."""
+    decoder, got = FrameDecoder(), []
+    sock.settimeout(2.0)
+    while len(got) < count:
+        data = sock.recv(65536)
+        assert data, f"closed after {got}"
+        got += decoder.feed(data)
+    return got
 
 
 async def close_all(*channels: Channel) -> None:
@@ -283,7 +520,7 @@ def test_messages_both_ways(loop: asyncio.AbstractEventLoop) -> None:
 
 def test_request_reply_and_gather(loop: asyncio.AbstractEventLoop) -> None:
     async def main() -> None:
-        arbiter, worker = await pair(Inbox(), answer_commands)
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=Served())
         assert await arbiter.request("echo", {"x": 1}, timeout=2) == {"x": 1}
         results = await asyncio.gather(
             *(arbiter.request("echo", {"n": n}, timeout=2) for n in range(20))
@@ -296,12 +533,8 @@ def test_request_reply_and_gather(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def test_replies_out_of_order_are_correlated(loop: asyncio.AbstractEventLoop) -> None:
-    async def slow_echo(channel: Channel, msg: Message) -> None:
-        await asyncio.sleep(0.01 * msg["args"]["delay"])
-        channel.send(ipc.reply(msg["id"], msg["args"]["delay"]))
-
     async def main() -> None:
-        arbiter, worker = await pair(Inbox(), slow_echo)
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=Served())
         delays = [5, 1, 3, 0, 2]
         results = await asyncio.gather(
             *(arbiter.request("sleep", {"delay": d}, timeout=2) for d in delays)
@@ -314,9 +547,16 @@ def test_replies_out_of_order_are_correlated(loop: asyncio.AbstractEventLoop) ->
 
 def test_error_reply_raises_command_error(loop: asyncio.AbstractEventLoop) -> None:
     async def main() -> None:
-        arbiter, worker = await pair(Inbox(), answer_commands)
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=Served())
         with pytest.raises(CommandError, match="it failed"):
             await arbiter.request("fail", timeout=2)
+        with pytest.raises(CommandError, match="unknown command 'nope'"):
+            await arbiter.request("nope", timeout=2)
+        with pytest.raises(CommandError, match="unsendable: the result cannot be sent"):
+            await arbiter.request("unsendable", timeout=2)
+        assert await arbiter.request("echo", {"still": "serving"}, timeout=2) == {
+            "still": "serving"
+        }
         await close_all(arbiter, worker)
 
     run(loop, main())
@@ -326,13 +566,13 @@ def test_late_reply_is_ignored(
     loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        worker_inbox = Inbox()
-        arbiter, worker = await pair(Inbox(), worker_inbox)
+        served = Served()
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=served)
         with pytest.raises(asyncio.TimeoutError):
-            await arbiter.request("ignored", timeout=0.01)
+            await arbiter.request("hang", timeout=0.01)
         assert arbiter._pending == {}
-        late = await worker_inbox.get()
-        worker.send(ipc.reply(late["id"], "late"))
+        await served.started.wait()
+        served.release.set()  # the reply to request 1 comes after its timeout
         worker.send(ipc.reply(10**6, "unknown"))
         worker.send(ipc.stop())
         while not any("unknown or expired request 1000000" in r.message for r in caplog.records):
@@ -347,10 +587,10 @@ def test_late_reply_is_ignored(
 
 def test_peer_close_resolves_closed_and_fails_pending(loop: asyncio.AbstractEventLoop) -> None:
     async def main() -> None:
-        worker_inbox = Inbox()
-        arbiter, worker = await pair(Inbox(), worker_inbox)
-        pending = asyncio.ensure_future(arbiter.request("never-answered", timeout=5))
-        await worker_inbox.get()  # nothing unread: a close with unread data is a reset
+        served = Served()
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=served)
+        pending = asyncio.ensure_future(arbiter.request("hang", timeout=5))
+        await served.started.wait()  # nothing unread: a close with unread data is a reset
         worker.close()
         assert await arbiter.closed is None
         assert await worker.closed is None
@@ -408,8 +648,6 @@ def test_handler_errors_are_logged_and_channel_keeps_going(
     async def failing_task(channel: Channel, msg: Message) -> None:
         if msg["type"] == "retiring":
             raise RuntimeError("async handler bug")
-        await asyncio.sleep(0)
-        channel.send(ipc.reply(msg["id"], "done"))
 
     async def main() -> None:
         a, b = await pair(Inbox(), flaky)
@@ -418,9 +656,9 @@ def test_handler_errors_are_logged_and_channel_keeps_going(
         while len(seen) < 2:
             await asyncio.sleep(0.001)
         assert [m["type"] for m in seen] == ["ready", "heartbeat"]
-        c, d = await pair(Inbox(), failing_task)
+        c, d = await pair(Inbox(), failing_task, on_command=Served())
         c.send(ipc.retiring("x"))
-        assert await c.request("after", timeout=2) == "done"
+        assert await c.request("echo", {"after": 1}, timeout=2) == {"after": 1}
         await close_all(a, b, c, d)
 
     run(loop, main())
@@ -470,3 +708,87 @@ def test_close_is_idempotent(loop: asyncio.AbstractEventLoop) -> None:
         b.close()
 
     run(loop, main())
+
+
+# -- requests get one reply, notifications none ---------------------------------------------
+
+
+def test_a_notification_is_never_answered(loop: asyncio.AbstractEventLoop) -> None:
+    """Found in the field: the worker answered every command, so every USR1 (reopen_logs)
+    left the arbiter an orphan reply. A notify runs the command and answers nothing; a
+    failing one is logged, not answered either."""
+
+    async def main() -> None:
+        served = Served()
+        mine, theirs = socket.socketpair()
+        worker = await Channel.connect(mine, Inbox(), on_command=served)
+        theirs.sendall(
+            encode(ipc.notify("echo", {"n": 1}))
+            + encode(ipc.notify("fail"))
+            + encode(ipc.notify("nope"))
+            + encode(ipc.command(5, "echo", {"n": 2}))
+        )
+        # Commands run in order, so a reply to a notify would come before this one.
+        replies = await loop.run_in_executor(None, read_frames, theirs, 1)
+        assert replies == [ipc.reply(5, {"n": 2})]
+        assert [name for name, _ in served.ran] == ["echo", "fail", "nope", "echo"]
+        theirs.close()
+        await worker.closed
+
+    run(loop, main())
+
+
+def test_requests_without_a_registry_get_an_error_reply(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        arbiter, worker = await pair(Inbox(), Inbox())
+        with pytest.raises(CommandError, match="runs no commands"):
+            await worker.request("ping", timeout=2)
+        await close_all(arbiter, worker)
+
+    run(loop, main())
+
+
+def test_a_flood_of_commands_is_bounded(loop: asyncio.AbstractEventLoop) -> None:
+    """At most MAX_RUNNING_COMMANDS run at once per channel; the rest are refused at once."""
+
+    async def main() -> None:
+        served = Served()
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=served)
+        calls = [
+            asyncio.ensure_future(arbiter.request("hang", timeout=5))
+            for _ in range(MAX_RUNNING_COMMANDS + 10)
+        ]
+        while sum(c.done() for c in calls) < 10:
+            await asyncio.sleep(0.001)
+        refused = [c for c in calls if c.done()]
+        assert len(refused) == 10
+        for call in refused:
+            with pytest.raises(CommandError, match="busy"):
+                call.result()
+        served.release.set()
+        assert await asyncio.gather(*(c for c in calls if c not in refused)) == ["late"] * (
+            MAX_RUNNING_COMMANDS
+        )
+        await close_all(arbiter, worker)
+
+    run(loop, main())
+
+
+def test_a_message_from_the_wrong_side_closes_the_channel(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The arbiter's channel receives only what workers send: a ``stop`` from a worker is a
+    protocol error."""
+
+    async def main() -> None:
+        inbox = Inbox()
+        mine, theirs = socket.socketpair()
+        channel = await Channel.connect(mine, inbox, receiving=Direction.TO_ARBITER)
+        theirs.sendall(encode(ipc.ready(1)) + encode(ipc.stop()))
+        await channel.closed
+        theirs.close()
+        while not inbox.queue.empty():  # nothing from the bad frame on is dispatched
+            assert inbox.queue.get_nowait() == ipc.ready(1)
+
+    run(loop, main())
+    assert "stop: not a message this side receives" in caplog.text

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
+from ..ipc.commands import MAX_WORKERS
 from .binds import BindSpec, parse_bind
 
 if sys.version_info >= (3, 11):
@@ -37,7 +38,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "Setting",
+    "add_arguments",
     "build_parser",
+    "convert_given",
     "default_control_socket",
     "load_config",
     "read_config_file",
@@ -76,7 +79,6 @@ def _got(value: object) -> str:
 #: listen() backlog is a C int) and none asks for the absurd (a billion workers).
 MAX_INT = 2**31 - 1
 MAX_COUNT = 2**63 - 1
-MAX_WORKERS = 4096
 #: Longest duration accepted, in seconds (about 31 years): event loops and thread waits
 #: overflow far beyond it (uvloop counts milliseconds in 64 bits, threading waits ~292 years).
 MAX_SECONDS = 1e9
@@ -283,10 +285,12 @@ class Setting:
     def get_default(self) -> Any:
         return self.default_factory() if self.default_factory else self.default
 
-    def help_text(self) -> str:
+    def help_text(self, *, restart_note: bool = True) -> str:
         text = self.help
         if self.default_help is not None:
             shown: str | None = self.default_help
+        elif self.default_factory is not None:
+            shown = str(self.default_factory())
         elif self.kind == "flag" or self.default is None:
             shown = None
         elif isinstance(self.default, tuple):
@@ -297,7 +301,7 @@ class Setting:
             shown = str(self.default)
         if shown is not None:
             text += f" (default: {shown})"
-        if not self.reloadable:
+        if not self.reloadable and restart_note:
             text += " [restart]"
         return text.replace("%", "%%")  # argparse %-formats help strings
 
@@ -337,6 +341,29 @@ def setting(
 
 
 _APP_SECTION = "application"
+_HTTP = "http (with --wsgi or --http)"
+
+#: The HTTP settings, which apply only with --wsgi or --http.
+HTTP_SETTINGS = (
+    "threads",
+    "limit_request_line",
+    "limit_request_fields",
+    "limit_request_field_size",
+    "limit_request_body",
+)
+#: Longest request line or header field that may be allowed: a request's whole head
+#: must fit in what one connection may hold before its request is dispatched (1 MiB).
+MAX_HEAD = 1024 * 1024
+
+
+def _http_limit(name: str) -> int:
+    """The HTTP layer's own default for a limit: its number, and why, is defined there."""
+    from ..http import Limits
+
+    value: int = getattr(Limits(), name)
+    return value
+
+
 _SERVER = "server"
 _WORKERS = "workers"
 _PROCESS = "process"
@@ -377,8 +404,41 @@ class Config:
         convert=integer(0, 1024),
         default=0,
         metavar="N",
-        help="thread pool size for blocking WSGI apps; 0 runs them inline",
-        section=_APP_SECTION,
+        help="WSGI only: thread pool size for blocking WSGI apps; 0 runs them inline",
+        section=_HTTP,
+    )
+    limit_request_line: int = setting(
+        "--limit-request-line",
+        convert=integer(1, MAX_HEAD),
+        default_factory=lambda: _http_limit("max_request_line"),
+        metavar="BYTES",
+        help="longest request-target; a longer one is answered 414",
+        section=_HTTP,
+    )
+    limit_request_fields: int = setting(
+        "--limit-request-fields",
+        convert=integer(1, 32768),
+        default_factory=lambda: _http_limit("max_headers"),
+        metavar="N",
+        help="most header fields in a request; more are answered 431",
+        section=_HTTP,
+    )
+    limit_request_field_size: int = setting(
+        "--limit-request-field-size",
+        convert=integer(1, MAX_HEAD),
+        default_factory=lambda: _http_limit("max_header_size"),
+        metavar="BYTES",
+        help="longest header field, name and value; a longer one is answered 431",
+        section=_HTTP,
+    )
+    limit_request_body: int = setting(
+        "--limit-request-body",
+        convert=integer(1, MAX_COUNT),
+        default_factory=lambda: _http_limit("max_body"),
+        metavar="BYTES",
+        help="largest request body, announced or chunked; a larger one is answered 413 "
+        "(raise it for uploads: 10485760 for 10 MiB)",
+        section=_HTTP,
     )
     preload: bool = setting(
         "--preload",
@@ -640,6 +700,13 @@ def _check_combinations(config: Config) -> None:
     for name in ("wsgi", "http"):
         if getattr(config, name) and config.app is None:
             raise ConfigError(f"--{name}: needs an APP (MODULE:ATTRIBUTE)")
+    if config.threads and not config.wsgi:
+        raise ConfigError("--threads: only with --wsgi (a thread pool runs WSGI apps)")
+    if not (config.wsgi or config.http):
+        for name in HTTP_SETTINGS:
+            spec = _BY_NAME[name]
+            if getattr(config, name) != spec.get_default():
+                raise ConfigError(f"{spec.option}: only with --wsgi or --http")
 
 
 def unreloadable_changes(old: Config, new: Config) -> list[str]:
@@ -686,29 +753,53 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups.get(spec.section)
         if group is None:
             group = groups[spec.section] = parser.add_argument_group(spec.section)
-        help_text = spec.help_text()
-        if spec.kind == "positional":
-            group.add_argument(
-                spec.name, nargs="?", default=None, metavar=spec.metavar, help=help_text
-            )
-        elif spec.kind == "flag":
-            group.add_argument(
-                *spec.flags,
-                dest=spec.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            group.add_argument(
-                *spec.flags,
-                dest=spec.name,
-                action="append" if spec.kind == "append" else "store",
-                default=argparse.SUPPRESS,
-                metavar=spec.metavar,
-                help=help_text,
-            )
+        _add_argument(group, spec, spec.help_text())
     return parser
+
+
+def _add_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, spec: Setting, help_text: str
+) -> None:
+    if spec.kind == "positional":
+        parser.add_argument(
+            spec.name, nargs="?", default=None, metavar=spec.metavar, help=help_text
+        )
+    elif spec.kind == "flag":
+        parser.add_argument(
+            *spec.flags,
+            dest=spec.name,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+    else:
+        parser.add_argument(
+            *spec.flags,
+            dest=spec.name,
+            action="append" if spec.kind == "append" else "store",
+            default=argparse.SUPPRESS,
+            metavar=spec.metavar,
+            help=help_text,
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Add the flags of the settings ``names`` to ``parser``, for a tool that shares them
+    with the server (``ctl``: --control-socket, --name). Given flags only, as strings:
+    :func:`convert_given` converts them."""
+    for name in names:
+        _add_argument(parser, _BY_NAME[name], _BY_NAME[name].help_text(restart_note=False))
+
+
+def convert_given(given: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The settings ``names`` found in ``given`` (an argparse namespace's vars), converted
+    and validated by the registry; ConfigError (one line) for a bad value."""
+    values: dict[str, Any] = {}
+    for name in names:
+        if name in given:
+            spec = _BY_NAME[name]
+            values[name] = _convert(spec, given[name], spec.option)
+    return values
 
 
 # -- config file ----------------------------------------------------------------------------

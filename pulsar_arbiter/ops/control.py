@@ -1,9 +1,12 @@
 """The control socket and ``python -m pulsar_arbiter ctl ...``.
 
 A Unix socket (mode 0600, and the peer's uid checked with SO_PEERCRED) that takes one
-JSON request per line and answers one JSON line: ``{"command": "stats"}``,
-``{"command": "reload"}``, ``{"command": "scale", "workers": N}``, ``{"command": "stop"}``.
-Every request gets an answer, an ``{"error": ...}`` one for anything malformed.
+JSON request per line and answers one JSON line: ``{"command": NAME, ARG: VALUE...}`` runs
+the arbiter's command NAME of the one registry (:data:`pulsar_arbiter.ipc.COMMANDS`):
+``{"command": "stats"}``, ``{"command": "reload"}``, ``{"command": "scale", "workers": N}``,
+``{"command": "stop"}``. The answer is ``{"ok": true, "result": ...}`` (``stats`` answers its
+object itself). Every request gets an answer, an ``{"error": ...}`` one for anything
+malformed, an unknown command or an unknown, missing or bad argument.
 
 Who trusts whom:
 
@@ -33,10 +36,11 @@ import stat
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from ..ipc import MAX_DEPTH, nesting_exceeds
-from .config import MAX_WORKERS, default_control_socket
+from ..ipc import COMMANDS, MAX_DEPTH, CommandError, nesting_exceeds
+from ..ipc.commands import ArbiterActor
+from .config import PROG, ConfigError, add_arguments, convert_given, default_control_socket
 
 __all__ = ["ControlServer", "ForeignServer", "check_directory", "ctl_main", "request"]
 
@@ -48,13 +52,8 @@ MAX_REQUEST = 4096
 CLIENT_TIMEOUT = 10.0
 
 
-class Controlled(Protocol):
-    """What the control socket drives: the arbiter."""
-
-    async def stats(self) -> dict[str, Any]: ...
-    def reload(self) -> str: ...
-    def scale(self, workers: int) -> int: ...
-    def stop(self, graceful: bool = True) -> None: ...
+#: What the control socket drives: the arbiter (its commands are the registry's).
+Controlled = ArbiterActor
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -184,29 +183,16 @@ class ControlServer:
             return {"error": f"request nested deeper than {MAX_DEPTH} levels"}
         if not isinstance(request, dict) or "command" not in request:
             return {"error": "expected one JSON object with a 'command' key"}
-        command = request["command"]
-        if command == "stats":
-            return await self.target.stats()
-        if command == "reload":
-            return {"ok": True, "result": self.target.reload()}
-        if command == "stop":
-            self.target.stop(True)
-            return {"ok": True, "result": "stopping"}
-        if command == "scale":
-            workers = request.get("workers")
-            if (
-                not isinstance(workers, int)
-                or isinstance(workers, bool)
-                or not 1 <= workers <= MAX_WORKERS
-            ):
-                return {"error": f"scale needs an integer number of workers in 1..{MAX_WORKERS}"}
-            return {"ok": True, "result": self.target.scale(workers)}
-        return {"error": f"unknown command {_short(command)}"}
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+        args = dict(request)
+        name = args.pop("command")
+        try:
+            command = COMMANDS.lookup("arbiter", name)
+            result = await COMMANDS.call(self.target, "arbiter", name, args)
+        except CommandError as exc:
+            return {"error": str(exc)}
+        if command.bare_answer and isinstance(result, dict):
+            return result
+        return {"ok": True, "result": result}
 
 
 def _dump(answer: Any) -> bytes:
@@ -272,23 +258,45 @@ def request(
 
 
 def ctl_main(argv: Sequence[str]) -> int:
-    """``python -m pulsar_arbiter ctl [--control-socket PATH] stats|reload|scale N|stop``."""
+    """``python -m pulsar_arbiter ctl [--control-socket PATH] [--name NAME] COMMAND [ARG...]``:
+    the arbiter's commands of the one registry (stats, reload, scale N, stop)."""
+    commands = {command.name: command for command in COMMANDS.commands("arbiter")}
+    usage = [
+        f"{c.name}{''.join(f' {p.name.upper()}' for p in c.params)}" for c in commands.values()
+    ]
+    width = max(map(len, usage))
     parser = argparse.ArgumentParser(
-        prog="pulsar_arbiter ctl", description="Talk to a running arbiter."
+        prog=f"{PROG} ctl",
+        description="Talk to a running arbiter.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(
+            f"  {u:<{width}}  {c.help}" for u, c in zip(usage, commands.values(), strict=True)
+        ),
     )
-    parser.add_argument("--control-socket", help="the arbiter's control socket")
-    parser.add_argument("--name", default="pulsar_arbiter", help="the arbiter's --name")
-    parser.add_argument("command", choices=["stats", "reload", "scale", "stop"])
-    parser.add_argument("workers", nargs="?", type=int, help="for scale: the worker count")
+    add_arguments(parser, ("control_socket", "name"))
+    parser.add_argument("command", choices=list(commands), help="what to ask the arbiter")
+    parser.add_argument(
+        "values", nargs="*", metavar="ARG", help="the command's arguments, in order (scale N)"
+    )
     args = parser.parse_args(list(argv))
-    payload: dict[str, Any] = {"command": args.command}
-    if args.command == "scale":
-        if args.workers is None or args.workers < 1:
-            parser.error("scale needs the number of workers, an integer >= 1")
-        payload["workers"] = args.workers
-    path = args.control_socket or default_control_socket(args.name)
     try:
-        answer = request(path, payload, explicit=args.control_socket is not None)
+        settings = convert_given(vars(args), ("control_socket", "name"))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    command = commands[args.command]
+    if len(args.values) > len(command.params):
+        parser.error(f"{command.name}: too many arguments")
+    values = {p.name: _json_or_text(v) for p, v in zip(command.params, args.values, strict=False)}
+    try:
+        command.bind(values)  # checked here too: a usage error is ours to report
+    except CommandError as exc:
+        parser.error(str(exc))
+    payload: dict[str, Any] = {"command": command.name, **values}
+    explicit = settings.get("control_socket")
+    path = explicit or default_control_socket(settings.get("name", PROG))
+    try:
+        answer = request(path, payload, explicit=explicit is not None)
     except ForeignServer as exc:
         print(f"pulsar_arbiter ctl: {exc}", file=sys.stderr)
         return 1
@@ -303,3 +311,11 @@ def ctl_main(argv: Sequence[str]) -> int:
         return 1
     print(json.dumps(answer, indent=2, sort_keys=True))
     return 0
+
+
+def _json_or_text(value: str) -> Any:
+    """A command-line argument: its JSON value when it is valid JSON ("3"), else the text."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

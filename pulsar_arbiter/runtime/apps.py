@@ -13,14 +13,17 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..echo import Echo
 from ..ops.config import Config
 from ..protocols import Connection, ProtocolConsumer, ProtocolFactory
 from ..servers import datagram_protocol_factory
 
-__all__ = ["AppError", "Factories", "build_factories", "import_app"]
+if TYPE_CHECKING:
+    from ..http import Limits
+
+__all__ = ["AppError", "Factories", "build_factories", "http_limits", "import_app"]
 
 DEFAULT_APP = "pulsar_arbiter.echo:Echo"
 
@@ -61,6 +64,22 @@ def import_app(reference: str) -> Any:
     return target
 
 
+def http_limits(cfg: Config) -> Limits:
+    """The HTTP limits of the --limit-request-* settings. The whole head stays bounded by
+    the HTTP layer's own figure, raised only so that one longest request line and one
+    longest field (plus the usual few headers) fit in it."""
+    from ..http import Limits
+
+    head = Limits().max_head_size
+    return Limits(
+        max_request_line=cfg.limit_request_line,
+        max_headers=cfg.limit_request_fields,
+        max_header_size=cfg.limit_request_field_size,
+        max_head_size=max(head, cfg.limit_request_line + cfg.limit_request_field_size + 4096),
+        max_body=cfg.limit_request_body,
+    )
+
+
 def build_factories(cfg: Config, app: Any = None) -> Factories:
     """The protocol factories serving ``app`` (imported from ``cfg.app`` when not given)."""
     reference = cfg.app or DEFAULT_APP
@@ -71,10 +90,11 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
         from ..http.wsgi import wsgi_protocol_factory
 
         kind: Literal["raw", "wsgi"] = "wsgi" if cfg.wsgi else "raw"
+        limits = http_limits(cfg)
         if cfg.wsgi:
-            factory = wsgi_protocol_factory(app, threads=cfg.threads)
+            factory = wsgi_protocol_factory(app, threads=cfg.threads, limits=limits)
         else:
-            factory = HttpProtocolFactory(app, kind="raw", threads=cfg.threads)
+            factory = HttpProtocolFactory(app, kind="raw", threads=cfg.threads, limits=limits)
         return Factories(factory, None, f"{kind} HTTP app {reference}")
     if isinstance(app, type) and issubclass(app, ProtocolConsumer):
         return Factories(

@@ -347,7 +347,7 @@ class Arbiter:
     def reopen_logs(self) -> None:
         reopen_log_files()
         for channel in self.channels.values():
-            channel.send(ipc.command(0, "reopen_logs", {}))
+            channel.notify("reopen_logs")  # a notification: no reply comes back
 
     # -- actions ----------------------------------------------------------------------
 
@@ -408,11 +408,20 @@ class Arbiter:
         def on_message(channel: ipc.Channel, msg: ipc.Message) -> None:
             self._on_message(worker_id, channel, msg)
 
-        channel = await ipc.Channel.connect(parent_end, on_message)
+        channel = await ipc.Channel.connect(
+            parent_end,
+            on_message,
+            on_command=self._worker_command,
+            receiving=ipc.Direction.TO_ARBITER,
+        )
         if worker_id in self.processes:
             self.channels[worker_id] = channel
         else:  # reaped while we connected: nobody would ever close this channel
             channel.abort()
+
+    async def _worker_command(self, name: str, args: dict[str, Any]) -> Any:
+        """A worker's command: only those the registry lets workers call."""
+        return await ipc.COMMANDS.call(self, "arbiter", name, args, from_worker=True)
 
     def _on_message(self, worker_id: int, channel: ipc.Channel, msg: ipc.Message) -> None:
         kind = msg["type"]
@@ -433,8 +442,8 @@ class Arbiter:
                 worker and worker.pid,
                 msg["reason"],
             )
-        elif kind == "command" and msg["name"] == "boot_error":
-            self.sup.boot_error(worker_id, str((msg.get("args") or {}).get("error", "")))
+        elif kind == "boot_error":
+            self.sup.boot_error(worker_id, msg["error"])
         self.wake()
 
     def _stop(self, action: Stop) -> None:
@@ -633,11 +642,18 @@ def _set_title(title: str) -> None:
 
 
 def _reimport(reference: str) -> Any:
-    """Import the app again from disk (HUP with --preload)."""
+    """Import the app again from disk (HUP with --preload): its top-level package is
+    forgotten and imported anew. Not when that package is this one (``--preload
+    pulsar_arbiter.echo:Echo``): the running runtime's classes must stay the ones the app
+    subclasses, so only the app's own module is imported anew."""
     module = reference.partition(":")[0]
     top = module.split(".")[0]
-    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-        del sys.modules[name]
+    if top == __name__.split(".")[0]:
+        stale = [module]
+    else:
+        stale = [n for n in sys.modules if n == top or n.startswith(top + ".")]
+    for name in stale:
+        sys.modules.pop(name, None)
     return import_app(reference)
 
 

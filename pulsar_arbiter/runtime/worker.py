@@ -18,7 +18,6 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from .. import ipc
 from ..ops.binds import BindSpec, bind_socket, describe
 from ..ops.config import Config
+from ..ops.logs import reopen_log_files
 from ..servers import DatagramServer, TcpServer
 from .apps import AppError, Factories, build_factories
 from .exits import WORKER_BOOT_ERROR
@@ -141,7 +141,13 @@ class Worker:
         self._retiring = False
 
     async def main(self) -> int:
-        self.channel = await ipc.Channel.connect(self.spec.channel, self._on_message, self.loop)
+        self.channel = await ipc.Channel.connect(
+            self.spec.channel,
+            self._on_message,
+            self.loop,
+            on_command=self._run_command,
+            receiving=ipc.Direction.TO_WORKER,
+        )
         self.loop.add_signal_handler(signal.SIGTERM, self.stop, True, None)
         self.channel.closed.add_done_callback(self._arbiter_gone)
         try:
@@ -177,7 +183,7 @@ class Worker:
         self._stop.cancel()  # we are leaving: the channel closing is not the arbiter dying
         if self.channel is not None and not self.channel.is_closing:
             error = str(exc) if isinstance(exc, AppError) else f"{type(exc).__name__}: {exc}"
-            self.channel.send(ipc.command(0, "boot_error", {"error": error}))
+            self.channel.send(ipc.boot_error(error))
             self.channel.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.channel.closed), 1.0)
@@ -329,16 +335,17 @@ class Worker:
             self.channel.send(ipc.heartbeat(self.stats()))
         self._schedule_beat()
 
+    def reopen_logs(self) -> None:
+        """USR1 reached the arbiter: reopen the log files (after logrotate moved them)."""
+        reopen_log_files()
+
     def _on_message(self, channel: ipc.Channel, msg: ipc.Message) -> None:
-        kind = msg["type"]
-        if kind == "stop":
-            self.stop(bool(msg.get("graceful", True)), msg.get("timeout"), bool(msg.get("handoff")))
-        elif kind == "command":
-            handler = COMMANDS.get(msg["name"])
-            if handler is None:
-                channel.send(ipc.reply(msg["id"], error=f"unknown command {msg['name']!r}"))
-            else:
-                channel.send(ipc.reply(msg["id"], handler(self, msg.get("args") or {})))
+        if msg["type"] == "stop":  # the only notification that comes to workers
+            self.stop(msg["graceful"], msg["timeout"], msg["handoff"])
+
+    async def _run_command(self, name: str, args: dict[str, Any]) -> Any:
+        """A command from the arbiter (``command`` or ``notify``), through the registry."""
+        return await ipc.COMMANDS.call(self, "worker", name, args)
 
 
 def _adopted(sock: socket.socket, task: asyncio.Task[Any]) -> None:
@@ -347,23 +354,6 @@ def _adopted(sock: socket.socket, task: asyncio.Task[Any]) -> None:
         if not task.cancelled():
             LOGGER.error("cannot serve a handed-over connection: %s", task.exception())
 
-
-def _stats_command(worker: Worker, args: dict[str, Any]) -> Any:
-    return worker.stats()
-
-
-def _reopen_logs_command(worker: Worker, args: dict[str, Any]) -> Any:
-    from ..ops.logs import reopen_log_files
-
-    reopen_log_files()
-    return True
-
-
-COMMANDS: dict[str, Callable[[Worker, dict[str, Any]], Any]] = {
-    "stats": _stats_command,
-    "ping": lambda worker, args: "pong",
-    "reopen_logs": _reopen_logs_command,
-}
 
 ACCESS_LOGGER = logging.getLogger("pulsar_arbiter.access")
 

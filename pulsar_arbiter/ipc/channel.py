@@ -1,0 +1,261 @@
+"""The asyncio I/O around the framing: one :class:`Channel` per socketpair end.
+
+The channel sorts what arrives by the message table: a ``reply`` resolves the request
+waiting for it; a ``command`` (a request) runs through ``on_command`` and gets exactly one
+reply, sent by the channel, with the result or the error; a ``notify`` runs through
+``on_command`` too and is never answered; every other notification goes to ``on_message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+from .errors import ChannelClosed, CommandError, ProtocolError
+from .frames import FrameDecoder, encode
+from .messages import MESSAGES, Direction, Kind, Message, command, notify, reply
+
+__all__ = [
+    "MAX_RUNNING_COMMANDS",
+    "MAX_WRITE_BUFFER",
+    "Channel",
+    "OnCommand",
+    "OnMessage",
+]
+
+logger = logging.getLogger("pulsar_arbiter.ipc")
+
+#: Bytes queued towards a peer that is not reading before it is declared dead. A live
+#: peer drains its end between events; 1 MiB is many seconds of heartbeats and replies, so
+#: reaching it means a stuck or dead peer, and growing further would only waste memory.
+MAX_WRITE_BUFFER = 1024 * 1024
+
+#: Commands from the peer running at once on one channel. Ours take microseconds (a few
+#: are in flight at most); beyond this a peer is flooding us, and each extra command is
+#: refused at once (an error reply) instead of queueing tasks without bound.
+MAX_RUNNING_COMMANDS = 64
+
+#: Called with the channel and each notification (other than ``notify``). May return an
+#: awaitable (e.g. be an ``async def``): it then runs as a task, which outlives the
+#: channel (a ``stop`` handler must finish even if the arbiter goes away).
+OnMessage = Callable[["Channel", Message], "Awaitable[object] | None"]
+#: Runs the command ``name`` with ``args`` and returns its result; raises CommandError
+#: (the error reply) when it cannot. Usually ``Registry.call`` bound to this process.
+OnCommand = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class _ChannelProtocol(asyncio.Protocol):
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.channel._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.channel._data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: the peer is gone or leaving
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel._connection_lost(exc)
+
+
+class Channel:
+    """A message channel over one connected stream socket (an end of a socketpair).
+
+    Create with :meth:`connect` inside the loop that will run it (the arbiter's loop or a
+    worker's). ``send`` and ``notify`` never block; ``request`` sends a command and awaits
+    its reply; ``closed`` resolves (with the error, or None) once the connection is gone.
+    ``receiving`` says which messages the peer may send (the arbiter's channels receive
+    ``Direction.TO_ARBITER``); any other is a protocol error that closes the channel.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_message: OnMessage,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
+        *,
+        on_command: OnCommand | None = None,
+        receiving: Direction = Direction.BOTH,
+    ) -> None:
+        self.loop = loop
+        self.on_message = on_message
+        self.on_command = on_command
+        self.max_write_buffer = max_write_buffer
+        self.closed: asyncio.Future[Exception | None] = loop.create_future()
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(receiving=receiving)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._commands: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        sock: socket.socket,
+        on_message: OnMessage,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        on_command: OnCommand | None = None,
+        receiving: Direction = Direction.BOTH,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
+    ) -> Channel:
+        """Wrap a connected stream socket; the channel's transport owns it from now on."""
+        loop = loop or asyncio.get_running_loop()
+        channel = cls(
+            loop, on_message, max_write_buffer, on_command=on_command, receiving=receiving
+        )
+        await loop.connect_accepted_socket(lambda: _ChannelProtocol(channel), sock)
+        return channel
+
+    @property
+    def is_closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def send(self, msg: Mapping[str, Any]) -> bool:
+        """Queue ``msg`` without blocking. Returns False if the channel is closing.
+
+        Raises ValueError if ``msg`` cannot be encoded (see :func:`encode`). If the peer
+        has left more than ``max_write_buffer`` bytes unread, it is considered dead and
+        the channel is aborted.
+        """
+        frame = encode(msg)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.max_write_buffer:
+            logger.warning(
+                "IPC peer has not read %d bytes; considering it dead and closing the channel",
+                transport.get_write_buffer_size(),
+            )
+            transport.abort()
+        return True
+
+    def notify(self, name: str, args: Mapping[str, Any] | None = None) -> bool:
+        """Ask the peer to run command ``name``, expecting no answer (none will come)."""
+        return self.send(notify(name, args))
+
+    async def request(
+        self, name: str, args: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send command ``name`` and return the peer's result.
+
+        Raises CommandError if the peer replied with an error, ChannelClosed if the channel
+        closed first, and asyncio.TimeoutError after ``timeout`` seconds.
+        """
+        id = next(self._ids)
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self._pending[id] = future
+        try:
+            if not self.send(command(id, name, args)):
+                raise ChannelClosed(f"IPC channel closed, cannot send {name!r}")
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(id, None)
+
+    def close(self) -> None:
+        """Close after flushing what is queued; idempotent."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping what is queued; idempotent."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- protocol callbacks --
+
+    def _data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            logger.error("IPC peer sent an invalid frame, closing the channel: %s", exc)
+            self.abort()
+            return
+        for msg in messages:
+            if self.is_closing:
+                return
+            kind = MESSAGES[msg["type"]].kind
+            if kind is Kind.REPLY:
+                self._resolve(msg)
+            elif msg["type"] in ("command", "notify"):
+                self._serve(msg, answer=kind is Kind.REQUEST)
+            else:
+                self._dispatch(msg)
+
+    def _resolve(self, msg: Message) -> None:
+        future = self._pending.get(msg["id"])
+        if future is None or future.done():
+            logger.debug("IPC reply to unknown or expired request %d", msg["id"])
+        elif msg["error"] is not None:
+            future.set_exception(CommandError(msg["error"]))
+        else:
+            future.set_result(msg["result"])
+
+    def _serve(self, msg: Message, answer: bool) -> None:
+        refusal = None
+        if self.on_command is None:
+            refusal = "this process runs no commands"
+        elif len(self._commands) >= MAX_RUNNING_COMMANDS:
+            refusal = f"busy: {MAX_RUNNING_COMMANDS} commands running, try again"
+        if refusal is not None:
+            if answer:
+                self.send(reply(msg["id"], error=refusal))
+            else:
+                logger.warning("IPC notify %.80r dropped: %s", msg["name"], refusal)
+            return
+        task = asyncio.ensure_future(self._run(msg, answer), loop=self.loop)
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    async def _run(self, msg: Message, answer: bool) -> None:
+        assert self.on_command is not None
+        name = msg["name"]
+        try:
+            result, error = await self.on_command(name, msg["args"]), None
+        except CommandError as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # a bug of the dispatcher's: answer, serve on
+            logger.exception("IPC command %.80r failed", name)
+            result, error = None, f"internal error: {type(exc).__name__}: {exc}"
+        if not answer:
+            if error is not None:
+                logger.warning("IPC notify %.80r failed: %s", name, error)
+            return
+        try:
+            self.send(reply(msg["id"], result, error))
+        except ValueError as exc:  # the result is not JSON, or too large
+            self.send(reply(msg["id"], error=f"{name}: the result cannot be sent: {exc}"))
+
+    def _dispatch(self, msg: Message) -> None:
+        try:
+            result = self.on_message(self, msg)
+        except Exception:
+            logger.exception("IPC %s handler failed", msg["type"])
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result, loop=self.loop)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("IPC message handler failed", exc_info=task.exception())
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ChannelClosed("IPC channel closed before the reply"))
+        if not self.closed.done():
+            self.closed.set_result(exc)
