@@ -144,7 +144,7 @@ def test_a_silent_connection_does_not_hold_the_drain_for_the_grace(run: Runner) 
     async def main() -> None:
         for server in (await http_server(), await line_server()):
             reader, writer = await connect(server)
-            await wait_for(lambda s=server: len(s.connections) == 1)  # type: ignore[misc]
+            await wait_for(lambda s=server: len(s.connections) == 1)
             started = time.monotonic()
             await server.close(30)
             elapsed = time.monotonic() - started

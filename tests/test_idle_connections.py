@@ -152,8 +152,8 @@ def test_idle_and_slowloris_while_serving(tmp_path: Path, nofile: tuple[int, int
         for _ in range(IDLE):
             idle.append(socket.create_connection((HOST, port), timeout=5))
         slow = [Slowloris(port, stop) for _ in range(SLOWLORIS)]
-        for client in slow:
-            client.start()
+        for slowloris in slow:
+            slowloris.start()
         # Every idle connection is accepted and held by a worker, not left in the backlog.
         wait_until(
             lambda: held_connections(workers, port) >= IDLE + SLOWLORIS,

@@ -156,7 +156,8 @@ class EchoUdpClientProtocol(EchoUdpProtocol):
 
     def send(self, message: bytes) -> asyncio.Future[bytes]:
         assert self._waiting is None
-        self._waiting = d = asyncio.Future(loop=self._loop)
+        d: asyncio.Future[bytes] = asyncio.Future(loop=self._loop)
+        self._waiting = d
         self._transport.sendto(message + self.separator)  # type: ignore[union-attr]
         return d
 
@@ -227,12 +228,13 @@ def test_a_class_level_factory_is_not_hidden_by_the_constructor(run: Runner) -> 
             return EchoUdpServerProtocol(**kw)
 
         class WithFunction(AbstractUdpClient):
-            protocol_factory = made_here  # a plain function is not bound to the instance
+            # A plain function, as pulsar code has it: not bound to the instance.
+            protocol_factory = made_here
 
             async def create_endpoint(self) -> Any:
                 raise NotImplementedError
 
-        assert WithFunction().protocol_factory is made_here
+        assert WithFunction().protocol_factory is made_here  # type: ignore[misc]
         given = partial(Connection, EchoProtocol)
         assert AbstractClientWith(given).protocol_factory is given, "the argument wins"
 

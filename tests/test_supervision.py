@@ -657,7 +657,8 @@ def test_a_worker_killed_for_a_timeout_holds_its_place_until_reaped() -> None:
     (worker,) = start(sup)
     now = TIMEOUT + 1.0
     (term,) = sup.decide(now)
-    assert term.worker is worker and worker.phase is Phase.TERMINATING
+    assert isinstance(term, Kill) and term.worker is worker
+    assert worker.phase is Phase.TERMINATING
     assert of(Spawn, sup.decide(now + 0.1)) == []
     exited = sup.exited(worker.id, -signal.SIGTERM, now + 0.2)
     assert exited is not None and not exited.expected

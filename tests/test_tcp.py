@@ -134,6 +134,7 @@ def test_consumer_events_and_on_finished(run: Runner) -> None:
 class Upgradable(Line):
     def answer(self, line: bytes) -> None:
         if line == b"upgrade\n":
+            assert isinstance(self.connection, Connection)
             self.connection.upgrade(Reverse)
         super().answer(line)
 
