@@ -357,6 +357,43 @@ def test_consumer_that_raises_closes_only_its_connection(
     assert errors[0].exc_info is not None
 
 
+class Abandons(Line):
+    """Abandons the request ``drop`` (a consumer that cannot answer it)."""
+
+    def answer(self, line: bytes) -> None:
+        if line.strip() == b"drop":
+            self.abort_request()
+        else:
+            super().answer(line)
+
+
+def test_abort_request_ends_the_request_with_an_error_and_its_connection(
+    run: Runner,
+) -> None:
+    async def main() -> None:
+        server = await line_server(Abandons)
+        posts: list[Any] = []
+        server.bind_event("post_request", lambda c, exc=None: posts.append((c, exc)))
+        reader, writer = await open_client(server)
+        writer.write(b"keep\n")
+        assert await reader.readline() == b"KEEP\n"
+        writer.write(b"drop\n")
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        await wait_for(lambda: len(posts) == 2)
+        (kept, ok), (dropped, exc) = posts
+        assert ok is None and kept.finished_ok
+        assert isinstance(exc, ConnectionError) and not dropped.finished_ok
+        assert server.requests_processed == 1, "an abandoned request is not counted"
+        other_reader, other_writer = await open_client(server)
+        other_writer.write(b"still\n")
+        assert await other_reader.readline() == b"STILL\n"
+        for w in (writer, other_writer):
+            w.close()
+        await server.close(1)
+
+    run(main())
+
+
 def test_peer_reset_mid_request(run: Runner) -> None:
     async def main() -> None:
         server = await line_server()
