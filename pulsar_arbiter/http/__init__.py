@@ -1,6 +1,6 @@
 """HTTP/1.1 on the Protocols/Transports API: a connection, consumers, a raw handler API.
 
-The layers, each importing only those before it:
+The layers, each importing (at run time) only those before it:
 
 * :mod:`.limits` - what a peer may make a connection hold (:class:`Limits`);
 * :mod:`.wire` - HTTP as bytes: status lines, the ``Date`` cache, error answers;
