@@ -374,3 +374,67 @@ def test_control_socket_path_follows_name(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_config_error_is_one_line() -> None:
     assert str(ConfigError("a\n  b\n")) == "a b"
+
+
+# -- the HTTP limits, and settings checked together -------------------------------------------
+
+LIMITS = {
+    "limit_request_line": "max_request_line",
+    "limit_request_fields": "max_headers",
+    "limit_request_field_size": "max_header_size",
+    "limit_request_body": "max_body",
+}
+
+
+def test_http_limit_defaults_are_the_http_layers() -> None:
+    from pulsar_arbiter.http import Limits
+
+    config = Config()
+    for setting, field in LIMITS.items():
+        assert getattr(config, setting) == getattr(Limits(), field)
+
+
+def test_http_limits_by_flag_and_toml(tmp_path: Path) -> None:
+    from pulsar_arbiter.runtime.apps import http_limits
+
+    argv = ["app:raw", "--http", "--limit-request-body", "10485760", "--limit-request-line", "100"]
+    config = load_config(argv)
+    limits = http_limits(config)
+    assert (limits.max_body, limits.max_request_line) == (10 * 1024 * 1024, 100)
+    file = write(tmp_path / "c.toml", "wsgi = true\nlimit_request_fields = 20\n")
+    assert http_limits(load_config(["app:wsgi", "-c", file])).max_headers == 20
+    big = http_limits(load_config(["app:raw", "--http", "--limit-request-field-size", "200000"]))
+    assert big.max_head_size >= 200000 + big.max_request_line, "one longest field fits the head"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["app:raw", "--http", "--threads", "4"], "--threads: only with --wsgi"),
+        (["app:Consumer", "--threads", "2"], "--threads: only with --wsgi"),
+        (["app:C", "--limit-request-body", "5"], "--limit-request-body: only with --wsgi or"),
+        (["app:raw", "--http", "--limit-request-body", "0"], "--limit-request-body: expected"),
+        (["app:raw", "--http", "--limit-request-fields", "x"], "--limit-request-fields: expected"),
+    ],
+)
+def test_settings_checked_together(argv: list[str], message: str) -> None:
+    assert error_of(argv).startswith(message)
+
+
+def test_threads_with_wsgi_is_fine() -> None:
+    assert load_config(["app:wsgi", "--wsgi", "--threads", "4"]).threads == 4
+
+
+def test_ctl_reads_its_flags_from_the_registry() -> None:
+    import argparse
+
+    from pulsar_arbiter.ops.config import add_arguments, convert_given
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, ("control_socket", "name"))
+    given = vars(parser.parse_args(["--name", "web"]))
+    assert convert_given(given, ("control_socket", "name")) == {"name": "web"}
+    bad = vars(parser.parse_args(["--name", "a/b"]))
+    with pytest.raises(ConfigError, match="--name: expected letters"):
+        convert_given(bad, ("name",))
+    assert "--control-socket" in parser.format_help()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from .config import Config
 
@@ -14,10 +15,11 @@ ACCESS_FORMAT = "%(asctime)s [%(process)d] %(message)s"
 _LOGGERS = ("pulsar_arbiter", "pulsar_arbiter.access")
 
 
-def _handler(target: str, fmt: str) -> logging.Handler:
+def _handler(target: str, fmt: str, dash: TextIO) -> logging.Handler:
+    """A handler writing to the file ``target``, or to ``dash`` when it is ``-``."""
     handler: logging.Handler
     if target == "-":
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(dash)
     else:
         handler = logging.FileHandler(target, encoding="utf-8")
     handler.setFormatter(logging.Formatter(fmt))
@@ -25,12 +27,13 @@ def _handler(target: str, fmt: str) -> logging.Handler:
 
 
 def setup_logging(cfg: Config) -> None:
-    """Send the error log to --error-log and, when set, access lines to --access-log."""
+    """Send the error log to --error-log ('-': stderr) and, when set, access lines to
+    --access-log ('-': stdout)."""
     main = logging.getLogger("pulsar_arbiter")
     for handler in list(main.handlers):
         main.removeHandler(handler)
         handler.close()
-    main.addHandler(_handler(cfg.error_log or "-", FORMAT))
+    main.addHandler(_handler(cfg.error_log or "-", FORMAT, sys.stderr))
     main.setLevel(cfg.log_level.upper())
     main.propagate = False
     access = logging.getLogger("pulsar_arbiter.access")
@@ -39,7 +42,7 @@ def setup_logging(cfg: Config) -> None:
         handler.close()
     access.propagate = False
     if cfg.access_log:
-        access.addHandler(_handler(cfg.access_log, ACCESS_FORMAT))
+        access.addHandler(_handler(cfg.access_log, ACCESS_FORMAT, sys.stdout))
         access.setLevel(logging.INFO)
     else:
         access.setLevel(logging.CRITICAL + 1)
