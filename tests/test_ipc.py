@@ -486,7 +486,7 @@ async def pair(
 
 def read_frames(sock: socket.socket, count: int) -> list[Message]:
     """Read ``count`` messages from a raw (blocking, with a timeout) socket."""
-    decoder, got = FrameDecoder(), []
+    decoder, got = FrameDecoder(), list[Message]()
     sock.settimeout(2.0)
     while len(got) < count:
         data = sock.recv(65536)
