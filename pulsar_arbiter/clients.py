@@ -629,8 +629,9 @@ class PoolConnection(Generic[C]):
     pool for good (the caller then owns it and closes it). ``async with await
     pool.connect() as conn:`` (or a plain ``with``, as pulsar code has it) releases it on
     exit, or detaches and aborts it when the block raised a connection error, timed out or
-    was cancelled: a request cut short would leave its answer for the next user. Once released, using it raises RuntimeError rather than
-    touching a connection someone else may hold.
+    was cancelled: a request cut short would leave its answer for the next user. Once
+    released, using it raises RuntimeError rather than touching a connection someone else
+    may hold.
     """
 
     __slots__ = ("_connection", "_pool", "_state")

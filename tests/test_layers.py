@@ -6,7 +6,7 @@ at the top of a module: a layer that needs another only "sometimes" still depend
     library (events, mixins, protocols, servers, clients, echo)   imports no other layer
     ipc                                                            imports nothing of ours
     http      -> library
-    ops       -> ipc (and the library)
+    ops       -> ipc, http (the settings read the HTTP limits' defaults), the library
     runtime   -> library, http, ipc, ops
     cli, __main__ -> anything
 """
@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "library": {"library"},
     "ipc": {"ipc"},
     "http": {"http", "library"},
-    "ops": {"ops", "ipc", "library"},
+    "ops": {"ops", "ipc", "http", "library"},
     "runtime": {"runtime", "ops", "ipc", "http", "library"},
     "entry": {"entry", "runtime", "ops", "ipc", "http", "library"},
 }
