@@ -167,6 +167,10 @@ class Worker:
         self._schedule_beat()
         graceful, timeout, handoff = await self._stop
         await self._close_servers(timeout if graceful else 0.0, handoff)
+        # The app's thread pool (threaded WSGI): its requests are done or aborted by now.
+        close_pool = getattr(factories.stream, "close", None)
+        if callable(close_pool):
+            close_pool(wait=False)
         if self._sender is not None:
             self._sender.close()
         if self._beat is not None:
