@@ -672,3 +672,83 @@ def test_every_escalation_is_a_legal_transition(phase: Phase) -> None:
     assert after in TRANSITIONS[phase]
     assert signum in (signal.SIGTERM, signal.SIGKILL)
     assert Phase.KILLED in TRANSITIONS[Phase.STOPPING], "a fast stop goes straight to KILL"
+
+
+# -- drain delay (issue 12) ----------------------------------------------------------------------
+
+DRAIN = 3.0
+
+
+def test_term_with_a_drain_delay_turns_health_503_at_once_and_stops_after_it() -> None:
+    sup = supervisor(workers=2, drain_delay=DRAIN)
+    workers = start(sup)
+    assert sup.health() == (True, "ok: 2/2 workers ready")
+    sup.stop(True, now=1.0)
+    healthy, why = sup.health()
+    assert not healthy and why.startswith("stopping (graceful)")
+    assert sup.draining(1.0) and sup.draining(1.0 + DRAIN - 0.01)
+    assert sup.decide(1.0) == [], "the workers serve on: no stop during the drain"
+    assert sup.decide(1.0 + DRAIN - 0.01) == []
+    assert all(w.phase is Phase.READY for w in workers)
+    assert sup.stop_began is None
+    stops = of(Stop, sup.decide(1.0 + DRAIN))
+    assert stops == workers and not sup.draining(1.0 + DRAIN)
+    assert sup.stop_began == 1.0 + DRAIN
+
+
+def test_a_fast_stop_cuts_the_drain_short() -> None:
+    sup = supervisor(workers=1, drain_delay=DRAIN)
+    (worker,) = start(sup)
+    sup.stop(True, now=1.0)
+    assert sup.decide(1.5) == []
+    sup.stop(False)
+    (stop,) = sup.decide(1.6)
+    assert isinstance(stop, Stop) and stop.worker is worker and not stop.graceful
+
+
+def test_a_stop_without_drain_skips_the_delay() -> None:
+    """A hand-over to a new arbiter (USR2): the new one serves already, no drain."""
+    sup = supervisor(workers=1, drain_delay=DRAIN)
+    (worker,) = start(sup)
+    sup.stop(True, now=1.0, drain=False)
+    assert of(Stop, sup.decide(1.0)) == [worker]
+
+
+def test_no_drain_delay_stops_at_once_and_a_stop_without_a_clock_never_drains() -> None:
+    sup = supervisor(workers=1)
+    (worker,) = start(sup)
+    sup.stop(True, now=1.0)
+    assert of(Stop, sup.decide(1.0)) == [worker]
+    other = supervisor(workers=1, drain_delay=DRAIN)
+    (second,) = start(other)
+    other.stop(True)
+    assert of(Stop, other.decide(1.0)) == [second]
+
+
+def test_health_needs_a_ready_worker() -> None:
+    sup = supervisor(workers=2)
+    assert sup.health() == (False, "no worker ready (0/0)")
+    booting = spawn(sup, sup.decide(0.0))
+    assert sup.health() == (False, "no worker ready (0/2)")
+    sup.ready(booting[0].id, 0.1)
+    assert sup.health() == (True, "ok: 1/2 workers ready")
+
+
+def test_rollout_done_after_a_reload_once_no_old_worker_serves() -> None:
+    sup = supervisor(workers=1)
+    (old,) = start(sup)
+    assert sup.rollout_done()
+    sup.reload()
+    assert not sup.rollout_done()
+    (new,) = spawn(sup, sup.decide(1.0))
+    sup.ready(new.id, 1.1)
+    assert not sup.rollout_done(), "the old worker still serves"
+    assert of(Stop, sup.decide(1.2)) == [old]
+    assert sup.rollout_done()
+
+
+def test_settings_carry_the_drain_delay() -> None:
+    sup = Supervisor.from_settings(Settings(workers=1, drain_delay=2.5))
+    assert sup.drain_delay == 2.5
+    sup.reload(Settings(workers=1, drain_delay=0.5))
+    assert sup.drain_delay == 0.5

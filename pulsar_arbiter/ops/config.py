@@ -199,6 +199,19 @@ def binds(value: object) -> tuple[BindSpec, ...]:
     return tuple(specs)
 
 
+def metrics_address(value: object) -> BindSpec:
+    """A TCP address for the health and metrics endpoint (HOST:PORT)."""
+    if isinstance(value, BindSpec):
+        spec = value
+    elif isinstance(value, str):
+        spec = parse_bind(value)
+    else:
+        raise ValueError(f"expected HOST:PORT, got {_got(value)}")
+    if spec.kind != "tcp":
+        raise ValueError(f"expected a TCP address HOST:PORT, got {str(spec)!r}")
+    return spec
+
+
 def _account_id(
     value: object, what: str, by_id: Callable[[int], object], by_name: Callable[[str], Any]
 ) -> int:
@@ -500,6 +513,15 @@ class Config:
         help="close connections idle for this long; 0 never closes them",
         section=_SERVER,
     )
+    metrics_bind: BindSpec | None = setting(  # noqa: RUF009 - a dataclasses.field()
+        "--metrics-bind",
+        convert=optional(metrics_address),
+        reloadable=False,
+        metavar="HOST:PORT",
+        help="serve GET /health and GET /metrics (Prometheus) here, from the arbiter; off "
+        "by default",
+        section=_SERVER,
+    )
     certfile: str | None = setting(
         "--certfile",
         convert=optional(existing_file),
@@ -570,6 +592,15 @@ class Config:
         default=30.0,
         metavar="SECONDS",
         help="on a graceful stop, time to finish in-flight requests before a kill",
+        section=_WORKERS,
+    )
+    drain_delay: float = setting(
+        "--drain-delay",
+        convert=number(0, inclusive=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="on TERM, answer /health with 503 at once but keep serving this long before "
+        "the graceful stop, so a balancer stops sending first",
         section=_WORKERS,
     )
     name: str = setting(
@@ -670,6 +701,8 @@ class Config:
             value = getattr(self, spec.name)
             if spec.name == "bind":
                 value = [str(item) for item in value]
+            elif isinstance(value, BindSpec):
+                value = str(value)
             result[spec.name] = value
         return result
 

@@ -180,6 +180,8 @@ class Settings:
     graceful_timeout: float = 30.0
     max_requests: int = 0
     max_requests_jitter: int = 0
+    #: On TERM, seconds the workers keep serving (health already 503) before they stop.
+    drain_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -249,16 +251,27 @@ class Supervisor:
         max_requests: int = 0,
         max_requests_jitter: int = 0,
         jitter: Any = None,
+        drain_delay: float = 0.0,
     ) -> None:
         self._jitter = jitter  # callable(n) -> 0..n, injected so tests are deterministic
         self.settings = Settings(
-            workers, timeout, boot_timeout, graceful_timeout, max_requests, max_requests_jitter
+            workers,
+            timeout,
+            boot_timeout,
+            graceful_timeout,
+            max_requests,
+            max_requests_jitter,
+            drain_delay,
         )
         self.desired = max(1, workers)
         self.generation = 1
         self.workers: dict[int, WorkerRecord] = {}
         self._ids = 0
         self.stopping: str | None = None  # None, "graceful" or "fast"
+        # A graceful stop's drain: until then the workers serve on while health says 503.
+        self.drain_until: float | None = None
+        # When the workers were first told to stop (after any drain delay).
+        self.stop_began: float | None = None
         self.ever_ready = False
         self.boot_failures = 0
         self.last_failure_at = 0.0
@@ -279,6 +292,7 @@ class Supervisor:
             settings.max_requests,
             settings.max_requests_jitter,
             jitter=jitter,
+            drain_delay=settings.drain_delay,
         )
 
     # The settings the rules read, by name.
@@ -301,6 +315,10 @@ class Supervisor:
     @property
     def max_requests_jitter(self) -> int:
         return self.settings.max_requests_jitter
+
+    @property
+    def drain_delay(self) -> float:
+        return self.settings.drain_delay
 
     @property
     def recycles(self) -> int:
@@ -407,12 +425,44 @@ class Supervisor:
     def scale(self, workers: int) -> None:
         self.desired = max(1, workers)
 
-    def stop(self, graceful: bool) -> None:
-        """TERM: graceful. INT/QUIT: fast, and during a graceful stop, hurry it."""
+    def stop(self, graceful: bool, now: float | None = None, drain: bool = True) -> None:
+        """TERM: graceful. INT/QUIT: fast, and during a graceful stop, hurry it.
+
+        A graceful stop at ``now`` with a drain delay first drains: health turns 503 at
+        once, the workers serve on for ``drain_delay`` seconds, then they are told to stop
+        (``drain=False``: no drain, e.g. a hand-over to a new arbiter that serves already).
+        A fast stop cuts a drain short.
+        """
         if not graceful:
             self.stopping = "fast"
+            self.drain_until = None
         elif self.stopping is None:
             self.stopping = "graceful"
+            if drain and now is not None and self.drain_delay > 0:
+                self.drain_until = now + self.drain_delay
+
+    def draining(self, now: float) -> bool:
+        """Stopping, the workers still serving until the drain delay ends."""
+        return self.drain_until is not None and now < self.drain_until
+
+    def health(self) -> tuple[bool, str]:
+        """Whether a balancer should send to us, and why (one line)."""
+        ready = len(self._by_phase(Phase.READY))
+        total = len(self.workers)
+        if self.stopping:
+            return False, f"stopping ({self.stopping}): {ready}/{total} workers ready"
+        if not ready:
+            return False, f"no worker ready (0/{total})"
+        return True, f"ok: {ready}/{total} workers ready"
+
+    def rollout_done(self) -> bool:
+        """The current generation serves with every worker asked for, none old is left."""
+        return (
+            not self.stopping
+            and len(self._fresh_ready()) >= self.desired
+            and not self.old_serving()
+            and not self._booting()
+        )
 
     # -- what to do -----------------------------------------------------------------
 
@@ -578,6 +628,10 @@ class Supervisor:
     def _decide_stop(self, now: float) -> list[Action]:
         graceful = self.stopping == "graceful"
         actions: list[Action] = []
+        if graceful and self.draining(now):
+            return actions  # the drain delay: everyone serves on, health says 503
+        if self.stop_began is None:
+            self.stop_began = now
         for worker in self._by_phase(Phase.BOOTING, *SERVING):
             actions.append(self._stop(worker, graceful, now, Reason.ARBITER_STOPPING))
         if not graceful:
