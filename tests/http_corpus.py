@@ -36,18 +36,20 @@ BAD_REQUESTS: list[tuple[str, bytes, int]] = [
     # Headers.
     ("header without colon", b"GET / HTTP/1.1\r\nHost a\r\n\r\n", 400),
     ("space before colon", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
-    ("obsolete line folding", b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400),
-    ("control char in value", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", 400),
-    ("non-token header name", b"GET / HTTP/1.1\r\nX(Y): a\r\n\r\n", 400),
+    ("obsolete line folding", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+    ("control char in value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+    ("non-token header name", b"GET / HTTP/1.1\r\nHost: a\r\nX(Y): a\r\n\r\n", 400),
     (
         "too many headers",
-        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(11)) + b"\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n"
+        + b"".join(b"X-%d: v\r\n" % i for i in range(11))
+        + b"\r\n",
         431,
     ),
-    ("header field too large", b"GET / HTTP/1.1\r\nX: " + b"v" * 250 + b"\r\n\r\n", 431),
+    ("header field too large", b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 250 + b"\r\n\r\n", 431),
     (
         "head too large",
-        b"GET / HTTP/1.1\r\n"
+        b"GET / HTTP/1.1\r\nHost: a\r\n"
         + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 150) for i in range(8))
         + b"\r\n",
         431,
@@ -55,36 +57,45 @@ BAD_REQUESTS: list[tuple[str, bytes, int]] = [
     # Framing.
     (
         "content-length and chunked",
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\n\r\n",
         400,
     ),
     (
         "two content-lengths",
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         400,
     ),
-    ("negative content-length", b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-    ("content-length not a number", b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400),
+    ("negative content-length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+    (
+        "content-length not a number",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
+        400,
+    ),
     (
         "chunked not last",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n",
         400,
     ),
     (
         "bad chunk size",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         400,
     ),
     (
         "chunk without CRLF",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
         400,
     ),
-    ("body over the limit", b"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n" + b"x" * 1001, 413),
+    (
+        "body over the limit",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n" + b"x" * 1001,
+        413,
+    ),
     (
         "chunked body over the limit",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"".join(b"c8\r\n" + b"x" * 200 + b"\r\n" for _ in range(6))
         + b"0\r\n\r\n",
         413,

@@ -213,7 +213,7 @@ def test_pipelined_requests_are_answered_in_order(run: Runner, chunking: str) ->
                 b"POST /p3 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
             )
-            requests[5] = b"PUT /p5 HTTP/1.1\r\nContent-Length: 4\r\n\r\nwxyz"
+            requests[5] = b"PUT /p5 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyz"
             reader, writer = await connect(server)
             for chunk in CHUNKINGS[chunking](b"".join(requests)):
                 writer.write(chunk)
@@ -315,7 +315,8 @@ def test_expect_100_continue(run: Runner) -> None:
             assert reply.body == b"POST /c  5:12345"
             # Too large: refused at once, without a 100, and closed.
             writer.write(
-                b"POST /c HTTP/1.1\r\nContent-Length: 99999\r\nExpect: 100-continue\r\n\r\n"
+                b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n"
+                b"Expect: 100-continue\r\n\r\n"
             )
             refused = await read_reply(reader)
             assert refused.status == 413
@@ -515,7 +516,7 @@ def test_a_head_sent_slowly_is_bounded_too(run: Runner) -> None:
     async def main() -> None:
         async with serving(describe, limits=LIMITS) as server:
             reader, writer = await connect(server)
-            writer.write(b"GET / HTTP/1.1\r\n")
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
             for i in range(40):
                 writer.write(b"X-%d: %s\r\n" % (i % 9, b"v" * 40))
                 await writer.drain()
@@ -554,7 +555,7 @@ def test_a_header_that_never_ends_is_bounded(run: Runner) -> None:
     async def main() -> None:
         async with serving(describe, limits=LIMITS) as server:
             reader, writer = await connect(server)
-            writer.write(b"GET / HTTP/1.1\r\nX-Endless: ")
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
             for _ in range(30):
                 writer.write(b"v" * 50)
                 await writer.drain()
@@ -572,7 +573,7 @@ def test_a_peer_that_stops_mid_request_is_closed(run: Runner) -> None:
         async with serving(describe) as server:
             for partial in (
                 b"GET / HTTP/1.1\r\nHost: a",
-                b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc",
             ):
                 reader, writer = await connect(server)
                 writer.write(partial)
@@ -581,7 +582,7 @@ def test_a_peer_that_stops_mid_request_is_closed(run: Runner) -> None:
                 writer.close()
             # Answered requests before the cut still get their answers.
             reader, writer = await connect(server)
-            writer.write(get("/done") + b"GET /cut HTTP/1.1\r\n")
+            writer.write(get("/done") + b"GET /cut HTTP/1.1\r\nHost: x\r\n")
             writer.write_eof()
             assert (await read_reply(reader)).body == b"GET /done  0:"
             assert await read_eof(reader) == b""
@@ -638,7 +639,8 @@ def test_a_broken_body_behind_a_slow_request(run: Runner) -> None:
         async with serving(app) as server:
             reader, writer = await connect(server)
             writer.write(
-                get("/1") + b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab"
+                get("/1")
+                + b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab"
             )
             await writer.drain()
             await asyncio.sleep(0.005)
@@ -687,7 +689,7 @@ def test_body_over_the_limit_while_an_async_handler_waits(run: Runner) -> None:
     async def main() -> None:
         async with serving(describe, limits=LIMITS) as server:
             reader, writer = await connect(server)
-            writer.write(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
             for _ in range(8):
                 writer.write(b"c8\r\n" + b"x" * 200 + b"\r\n")
                 await writer.drain()
@@ -707,8 +709,8 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 VALID = [
     GOOD,
-    b"POST /f HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-    b"POST /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST /f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     b"GET /g?x=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
 ]
 
@@ -981,7 +983,7 @@ def test_peer_reset_mid_request(run: Runner) -> None:
     async def main() -> None:
         async with serving(describe) as server:
             _, writer = await connect(server)
-            writer.write(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\npartial")
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
             await writer.drain()
             await wait_for(lambda: bool(server.connections))
             await asyncio.sleep(0.01)
@@ -1151,8 +1153,8 @@ def test_request_attributes(run: Runner) -> None:
         async with serving(app) as server:
             raw = b"GET /a%20b/c?x=1&y=%20 HTTP/1.1\r\nHost: t\r\nX-Twice: 1\r\nx-twice: 2\r\n\r\n"
             assert (await fetch(server, raw)).status == 200
-            assert (await fetch(server, b"OPTIONS * HTTP/1.1\r\n\r\n")).status == 200
-            absolute = b"GET http://example.com/p%41th?q=v HTTP/1.1\r\n\r\n"
+            assert (await fetch(server, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")).status == 200
+            absolute = b"GET http://example.com/p%41th?q=v HTTP/1.1\r\nHost: x\r\n\r\n"
             assert (await fetch(server, absolute)).status == 200
 
     run(main())

@@ -254,7 +254,7 @@ def test_a_body_arrives_in_body(
         return OK
 
     connection, transport = connect(loop, handler)
-    connection.data_received(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe")
+    connection.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe")
     assert state_of(connection) is State.BODY
     connection.data_received(b"llo")
     assert bodies == [b"hello"]
@@ -269,12 +269,14 @@ def test_pipelined_requests_are_answered_in_order(
         return Response(request.path.encode())
 
     connection, transport = connect(loop, handler)
-    connection.data_received(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HT")
+    connection.data_received(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HT"
+    )
     data = transport.take()
     assert statuses(data) == [200, 200]
     assert data.index(b"\r\n\r\n/a") < data.index(b"\r\n\r\n/b")
     assert state_of(connection) is State.HEAD
-    connection.data_received(b"TP/1.1\r\n\r\n")
+    connection.data_received(b"TP/1.1\r\nHost: x\r\n\r\n")
     assert transport.take().endswith(b"\r\n\r\n/c")
 
 
@@ -282,7 +284,7 @@ def test_connection_close_stops_reading(
     loop: asyncio.AbstractEventLoop, checked_states: list[tuple[State, State]]
 ) -> None:
     connection, transport = connect(loop)
-    connection.data_received(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + GET)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET)
     data = transport.take()
     assert statuses(data) == [200]  # the request after it is not read
     assert b"connection: close\r\n" in data
@@ -305,11 +307,11 @@ def test_http_1_0_without_keep_alive_closes(
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
         (b"\x00\x01 nonsense\r\n\r\n", 400),
-        (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", 414),
-        (b"GET / HTTP/1.1\r\nX: " + b"v" * 100 + b"\r\n\r\n", 431),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n", 413),
+        (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 100 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 413),
         (b"GET / HTTP/2.0\r\nConnection: keep-alive\r\n\r\n", 505),
     ],
 )
@@ -338,7 +340,7 @@ def test_a_peer_error_waits_behind_the_answers_due(
     loop: asyncio.AbstractEventLoop, checked_states: list[tuple[State, State]]
 ) -> None:
     connection, transport = connect(loop)
-    connection.data_received(GET + b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+    connection.data_received(GET + b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
     assert statuses(transport.take()) == [200, 400]
     assert state_of(connection) is State.LINGERING
 
@@ -362,7 +364,9 @@ def test_a_broken_body_ends_its_request_with_a_typed_peer_error(
     BodyConsumer.ended = []
     connection, transport = connect(loop)
     connection._consumer_factory = connection._http_factory = BodyConsumer
-    connection.data_received(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    connection.data_received(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+    )
     assert state_of(connection) is State.BODY
     connection.data_received(b"lo\r\nnot-a-size\r\n")
     assert statuses(transport.take()) == [400]
@@ -391,7 +395,7 @@ class Echo(ProtocolConsumer):
         return None
 
 
-UPGRADE = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
 
 
 def test_an_accepted_upgrade_gives_the_bytes_to_the_new_protocol(

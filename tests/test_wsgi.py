@@ -159,7 +159,7 @@ def test_wsgi_input(run: Runner, threads: int) -> None:
             reply = await fetch(server, raw)
             assert reply.body == b"line one\n|xy|line two\n|three|"
             chunked = (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"5\r\nline \r\n4\r\none\n\r\n2\r\nab\r\n0\r\n\r\n"
             )
             assert (await fetch(server, chunked)).body == b"line one\n|ab|"
@@ -222,7 +222,7 @@ def test_body_over_the_limit(run: Runner, threads: int) -> None:
         limits = Limits(max_body=1000)
         async with serving(echo, kind="wsgi", threads=threads, limits=limits) as server:
             reader, writer = await connect(server)
-            writer.write(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
             for _ in range(8):
                 writer.write(b"c8\r\n" + b"x" * 200 + b"\r\n")
             reply = await read_reply(reader)

@@ -45,9 +45,11 @@ from httptools import (
 
 from ..events import AbstractEvent
 from ..protocols import MAX_BUFFERED_PIPELINE, Connection, Handoff, ProtocolConsumer
+from .chunked import ChunkedDecoder
 from .errors import PeerError
 from .limits import DEFAULT_LIMITS, LINGER_SECONDS, Limits
 from .request import HttpRequest
+from .rules import FORBIDDEN_TRAILERS, target_error, transfer_coding_error, valid_host
 from .state import BODY, CLOSING, HEAD, IDLE, LINGERING, UPGRADED, Input, State, next_state
 from .wire import CONTINUE, METHODS, SPECIAL_BY_LENGTH, error_response
 
@@ -122,6 +124,13 @@ class HttpConnection(Connection):
         # The next close shuts our side and lingers (see close()): after a peer error.
         self._linger_on_close = False
         self._upgrade_request: HttpRequest | None = None
+        # The framing of the chunked body being read, if one is (see :mod:`.chunked`).
+        self._chunks: ChunkedDecoder | None = None
+        # Where in the bytes being fed the parser's current slice starts (an upgrade's
+        # offset is relative to it), and the last bytes of the last read (a head's blank
+        # line may straddle two reads).
+        self._fed_from = 0
+        self._head_tail = b""
         self._leftover: bytearray | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._running_pending = False
@@ -161,6 +170,13 @@ class HttpConnection(Connection):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request: HttpRequest = self._parsing  # type: ignore[assignment]
+        # llhttp drops the whitespace before a value, not after: OWS is no part of it
+        # (RFC 9112, 5.1). rstrip returns the same object when there is none.
+        value = value.rstrip(b" \t")
+        if self.state is not HEAD:
+            # A field line after the head is a trailer field (of a chunked body).
+            self._on_trailer(request, name, value)
+            return
         headers = request.headers
         headers.append((name, value))
         if len(name) + len(value) > self._max_field or len(headers) > self._few_headers:
@@ -187,8 +203,26 @@ class HttpConnection(Connection):
         if self._head_size > limits.max_head_size:
             raise self._reject(431, f"headers longer than {limits.max_head_size} bytes")
 
+    def _on_trailer(self, request: HttpRequest, name: bytes, value: bytes) -> None:
+        """Keep a trailer field apart from the headers; drop those a trailer may not be."""
+        limits = self.limits
+        if len(name) + len(value) > limits.max_header_size:
+            raise self._reject(431, f"trailer field longer than {limits.max_header_size} bytes")
+        trailers = request.trailers
+        assert isinstance(trailers, list), "trailers arrive in a chunked body only"
+        if len(trailers) >= limits.max_headers:
+            raise self._reject(431, f"more than {limits.max_headers} trailer fields")
+        if name.lower() not in FORBIDDEN_TRAILERS:
+            trailers.append((name, value))
+
     def _special_header(self, request: HttpRequest, name: bytes, value: bytes) -> None:
-        if name == b"content-length":
+        if name == b"host":
+            if request.host is not None:
+                raise self._reject(400, "more than one Host field")
+            if not valid_host(value):
+                raise self._reject(400, "invalid Host field")
+            request.host = value
+        elif name == b"content-length":
             try:
                 request.content_length = int(value)
             except ValueError:
@@ -197,6 +231,11 @@ class HttpConnection(Connection):
             request.expect_continue = value.lower() == b"100-continue"
         elif name == b"transfer-encoding":
             request.chunked = True
+            codings = request._codings
+            if codings is None:
+                request._codings = [value]
+            else:
+                codings.append(value)
         elif name == b"connection":
             request.simple = False  # the version is not implied by keep-alive: ask for it
 
@@ -212,13 +251,17 @@ class HttpConnection(Connection):
             # 2.0); the others need a Connection header, and then we ask for the version.
             if method == b"HEAD":
                 request.simple = False
+            if request.host is None:
+                raise self._reject(400, "HTTP/1.1 request without a Host field")
         else:
-            request.simple = False
-            version = parser.get_http_version()
-            if version != "1.1" and version != "1.0":
-                raise self._reject(505, f"HTTP/{version} is not supported")
-            request.version = version
-            request.keep_alive = parser.should_keep_alive()
+            self._check_version(request)
+        target = request.target
+        if target[:1] != b"/" or b"#" in target or method == b"CONNECT":
+            reason = target_error(method, target)
+            if reason is not None:
+                raise self._reject(400, reason)
+        if request.chunked:
+            self._check_codings(request)
         length = request.content_length
         if length or request.chunked:
             # A body follows: dispatch now, so the consumer may stream it (or answer
@@ -229,6 +272,29 @@ class HttpConnection(Connection):
                 self._dispatch(request)
             else:
                 self._queue(request)
+
+    def _check_version(self, request: HttpRequest) -> None:
+        request.simple = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise self._reject(505, f"HTTP/{version} is not supported")
+        request.version = version
+        request.keep_alive = parser.should_keep_alive()
+        if version == "1.1":
+            if request.host is None:
+                raise self._reject(400, "HTTP/1.1 request without a Host field")
+        elif request.chunked:
+            # RFC 9112, 6.1: HTTP/1.0 has no Transfer-Encoding; its framing is faulty.
+            raise self._reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+
+    def _check_codings(self, request: HttpRequest) -> None:
+        """A chunked body: check the codings, then read its framing ourselves."""
+        error = transfer_coding_error(request._codings or [])
+        if error is not None:
+            raise self._reject(*error)
+        request.trailers = []
+        self._chunks = ChunkedDecoder(self.limits.max_head_size)
 
     def on_body(self, chunk: bytes) -> None:
         request: HttpRequest = self._parsing  # type: ignore[assignment]
@@ -251,6 +317,7 @@ class HttpConnection(Connection):
         self._parsing = None
         self._last = request
         request.complete = True
+        self._chunks = None
         # Written directly, once per request: (BODY, MESSAGE_END) and (BODY or CLOSING,
         # MESSAGE_END_CLOSE). CLOSING stays: an answer closed the connection meanwhile.
         if not request.keep_alive:
@@ -348,11 +415,20 @@ class HttpConnection(Connection):
         messages = self._messages
         self._processing = True
         try:
-            self._parser.feed_data(data)
+            if self._parsing is None and data.find(b"\r\n\r\n") + 4 == len(data):
+                # The usual read: one whole head and nothing after it, so no body starts
+                # in it (a chunked one is read through its decoder, see _feed).
+                self._fed_from = 0
+                self._parser.feed_data(data)
+            else:
+                self._feed(data)
         except HttpParserUpgrade as exc:
-            self._upgrade_requested(data[exc.args[0] :])
+            self._upgrade_requested(data[self._fed_from + exc.args[0] :])
         except HttpParserError as exc:
             self._parse_failed(exc)
+        except PeerError as exc:  # the chunked framing
+            self._rejection = (exc.status, exc.reason)
+            self._parse_failed(HttpParserError(exc.reason))
         except Exception as exc:
             self._consumer_failed(exc)
         finally:
@@ -368,6 +444,57 @@ class HttpConnection(Connection):
                 self.close()
             elif self._draining and self._at_boundary():
                 self._boundary_reached()
+
+    def _feed(self, data: bytes) -> None:
+        """Feed ``data`` to the parser, the body of a chunked request through its decoder.
+
+        The parser is given one slice at a time, each ending where the framing may
+        change: at the end of a head (found here: llhttp ends a head at the first blank
+        line and accepts no other line end), of a Content-Length body, or of a chunked
+        body (found by the decoder). The state after each slice says what the next
+        bytes are.
+        """
+        parser = self._parser
+        end = len(data)
+        pos = 0
+        try:
+            while pos < end:
+                request = self._parsing
+                if request is None and self.state > BODY:
+                    # Nothing more is read (closing, or after an upgrade): the parser
+                    # refuses the next request, as it would have in one slice.
+                    self._fed_from = pos
+                    parser.feed_data(data[pos:])
+                    return
+                chunks = self._chunks
+                if chunks is not None:
+                    out, stop = chunks.feed(data, pos)
+                    # The body ends at ``stop``: an upgrade's offset is all of ``out``.
+                    self._fed_from = stop - len(out)
+                    if out:
+                        parser.feed_data(out)
+                    pos = stop
+                    continue
+                if request is not None and self.state is not HEAD and request.content_length:
+                    stop = min(end, pos + request.content_length - request._body_size)
+                else:
+                    stop = self._head_end(data, pos, request)
+                self._fed_from = pos
+                parser.feed_data(data[pos:stop] if pos or stop < end else data)
+                pos = stop
+        finally:
+            self._head_tail = data[-3:]
+
+    def _head_end(self, data: bytes, pos: int, request: HttpRequest | None) -> int:
+        """Where the head read from ``pos`` ends: after its blank line, or at the end."""
+        if pos == 0 and request is not None:
+            # The head began in an earlier read: its blank line may straddle the two.
+            tail = self._head_tail
+            for k in (1, 2, 3):
+                if data[:k] == b"\r\n\r\n"[4 - k :] and tail.endswith(b"\r\n\r\n"[: 4 - k]):
+                    return k
+        blank = data.find(b"\r\n\r\n", pos)
+        return len(data) if blank == -1 else blank + 4
 
     def _parse_failed(self, exc: HttpParserError) -> None:
         rejection = self._rejection

@@ -8,7 +8,7 @@ for every request costs no encoding at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -41,13 +41,19 @@ class HttpRequest:
     """One parsed request: request line, headers and (once complete) body.
 
     ``headers`` is the list of ``(name, value)`` byte pairs as received (names keep their
-    case); :meth:`header` looks one up case-insensitively. ``path`` is percent-decoded,
-    ``query`` is the raw query string, ``target`` the raw request-target.
+    case, values lose their surrounding whitespace); :meth:`header` looks one up
+    case-insensitively. ``trailers`` are the fields of a chunked body's trailer section,
+    kept apart (never merged into ``headers``; fields not allowed in a trailer are
+    dropped), complete once the request is. ``host`` is the Host field's value (None
+    for an HTTP/1.0 request without one). ``path`` is percent-decoded, ``query`` is the
+    raw query string, ``target`` the raw request-target (already checked to be in one
+    of RFC 9112's four forms).
     """
 
     __slots__ = (
         "_body",
         "_body_size",
+        "_codings",
         "body_stream",
         "chunked",
         "complete",
@@ -55,10 +61,12 @@ class HttpRequest:
         "content_length",
         "expect_continue",
         "headers",
+        "host",
         "keep_alive",
         "method",
         "simple",
         "target",
+        "trailers",
         "upgrade",
         "version",
     )
@@ -67,6 +75,10 @@ class HttpRequest:
         self.connection = connection
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        # A chunked request gets a list of its own when its head is complete.
+        self.trailers: Sequence[tuple[bytes, bytes]] = ()
+        self._codings: list[bytes] | None = None
         self.method = "GET"
         self.version = "1.1"
         self.keep_alive = True
@@ -109,6 +121,20 @@ class HttpRequest:
     def has_body(self) -> bool:
         """True when the head announced a body (a non-zero length, or chunked)."""
         return bool(self.content_length) or self.chunked
+
+    @property
+    def authority(self) -> bytes | None:
+        """Where the request is for: the target's authority for an absolute-form target
+        (RFC 9112, 3.2.2: the Host field is then ignored), the Host field's value else."""
+        target = self.target
+        if target[:1] != b"/" and target != b"*" and self.method != "CONNECT":
+            authority = target.partition(b"://")[2]
+            for stop in (b"/", b"?"):
+                authority = authority.partition(stop)[0]
+            return authority
+        if self.method == "CONNECT":
+            return target
+        return self.host
 
     def split_target(self) -> tuple[bytes, bytes]:
         """``(path, query)`` of the target, both still percent-encoded.

@@ -53,7 +53,8 @@ METHODS: dict[bytes, str] = {
 
 # Request headers the connection itself looks at, by length: one dict lookup per header.
 SPECIAL_BY_LENGTH = {
-    len(name): name for name in (b"content-length", b"connection", b"expect", b"transfer-encoding")
+    len(name): name
+    for name in (b"content-length", b"connection", b"expect", b"host", b"transfer-encoding")
 }
 # Headers whose value the server computes: given by a raw handler they are replaced.
 FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date"))

@@ -175,6 +175,11 @@ def build_environ(request: HttpRequest, stream: Any, multithread: bool = False) 
             environ[key] += sep + value.decode("latin-1")
         else:
             environ[key] = value.decode("latin-1")
+    if target[:1] != b"/":
+        authority = request.authority
+        if authority is not None and target != b"*":
+            # RFC 9112, 3.2.2: an absolute-form target's host replaces the Host field.
+            environ["HTTP_HOST"] = authority.decode("latin-1")
     return environ
 
 
