@@ -2,6 +2,8 @@
 
 from .clients import AbstractClient, AbstractUdpClient, Pool, PoolConnection
 from .events import AbstractEvent, Event, EventHandler, OneTime
+from .ipc.actor import command, get_actor, send
+from .ipc.errors import CommandError
 from .mixins import FlowControl, Timeout
 from .protocols import (
     Connection,
@@ -19,6 +21,7 @@ __all__ = [
     "AbstractClient",
     "AbstractEvent",
     "AbstractUdpClient",
+    "CommandError",
     "Connection",
     "DatagramProtocol",
     "DatagramServer",
@@ -34,4 +37,7 @@ __all__ = [
     "PulsarProtocol",
     "TcpServer",
     "Timeout",
+    "command",
+    "get_actor",
+    "send",
 ]

@@ -6,6 +6,7 @@ EXPECTED = {
     "AbstractClient",
     "AbstractEvent",
     "AbstractUdpClient",
+    "CommandError",
     "Connection",
     "DatagramProtocol",
     "DatagramServer",
@@ -21,6 +22,9 @@ EXPECTED = {
     "PulsarProtocol",
     "TcpServer",
     "Timeout",
+    "command",
+    "get_actor",
+    "send",
 }
 
 

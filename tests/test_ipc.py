@@ -175,6 +175,7 @@ CONSTRUCTED = {
     "boot_error": ipc.boot_error("boom"),
     "stop": ipc.stop(),
     "command": ipc.command(1, "ping"),
+    "route": ipc.route(1, "workers", "ping", {}, 5.0),
     "notify": ipc.notify("reopen_logs"),
     "reply": ipc.reply(1, "pong"),
 }
@@ -187,10 +188,11 @@ def test_every_message_type_has_a_constructor_that_the_table_accepts() -> None:
         assert ipc.validate(msg, ipc.MESSAGES[kind].direction) is msg
 
 
-def test_only_command_expects_a_reply() -> None:
+def test_only_command_and_route_expect_a_reply() -> None:
     """Notifications (reopen_logs, boot_error among them) are never answered."""
     kinds = {name: spec.kind for name, spec in ipc.MESSAGES.items()}
-    assert [name for name, kind in kinds.items() if kind is Kind.REQUEST] == ["command"]
+    requests = [name for name, kind in kinds.items() if kind is Kind.REQUEST]
+    assert requests == ["command", "route"]
     assert [name for name, kind in kinds.items() if kind is Kind.REPLY] == ["reply"]
     assert kinds["notify"] is kinds["boot_error"] is kinds["stop"] is Kind.NOTIFICATION
 
@@ -207,6 +209,8 @@ def test_only_command_expects_a_reply() -> None:
         (ipc.command(1, "ping"), Direction.TO_ARBITER, True),
         (ipc.notify("ping"), Direction.TO_ARBITER, True),
         (ipc.reply(1), Direction.TO_WORKER, True),
+        (ipc.route(1, "arbiter", "ping", {}, 1.0), Direction.TO_ARBITER, True),
+        (ipc.route(1, "arbiter", "ping", {}, 1.0), Direction.TO_WORKER, False),
     ],
 )
 def test_the_decoder_holds_the_direction(
@@ -334,14 +338,17 @@ def test_registry_refuses_bad_declarations() -> None:
 
 def test_the_builtin_commands() -> None:
     """One registry: the arbiter's commands are what ctl offers; the worker's include
-    reopen_logs, sent on USR1 as a notification."""
+    reopen_logs, sent on USR1 as a notification; ping, echo and info run everywhere."""
     arbiter = {c.name: c for c in COMMANDS.commands("arbiter")}
-    assert list(arbiter) == ["reload", "scale", "stats", "stop"]
+    assert list(arbiter) == ["echo", "info", "ping", "reload", "scale", "stats", "stop", "workers"]
     assert [p.name for p in arbiter["scale"].params] == ["workers"]
-    assert not any(c.workers for c in arbiter.values()), "workers may not stop or scale"
+    refused = {name for name, c in arbiter.items() if not c.workers}
+    assert refused == {"reload", "scale", "stop"}, "workers may not stop, reload or scale"
     assert arbiter["stats"].bare_answer
     worker = [c.name for c in COMMANDS.commands("worker")]
-    assert worker == ["ping", "reopen_logs", "stats"]
+    assert worker == ["echo", "info", "ping", "reopen_logs", "stats"]
+    actor = [c.name for c in COMMANDS.commands("actor")]
+    assert actor == ["echo", "info", "ping", "reopen_logs", "stats"]
     with pytest.raises(CommandError, match=r"1\.\.4096"):
         arbiter["scale"].bind({"workers": 4097})
 

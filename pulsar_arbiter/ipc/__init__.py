@@ -39,6 +39,7 @@ from .messages import (
     ready,
     reply,
     retiring,
+    route,
     stop,
     validate,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "ready",
     "reply",
     "retiring",
+    "route",
     "stop",
     "validate",
 ]

@@ -2,8 +2,11 @@
 
 The channel sorts what arrives by the message table: a ``reply`` resolves the request
 waiting for it; a ``command`` (a request) runs through ``on_command`` and gets exactly one
-reply, sent by the channel, with the result or the error; a ``notify`` runs through
+reply, sent by the channel, with the result or the error; a ``route`` (a request: run a
+command elsewhere) runs through ``on_route`` the same way; a ``notify`` runs through
 ``on_command`` too and is never answered; every other notification goes to ``on_message``.
+A request that says how long its caller waits (``timeout``) is cancelled then, so that
+nothing of a call the caller gave up on stays behind.
 """
 
 from __future__ import annotations
@@ -12,20 +15,23 @@ import asyncio
 import inspect
 import itertools
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from .errors import ChannelClosed, CommandError, ProtocolError
 from .frames import FrameDecoder, encode
-from .messages import MESSAGES, Direction, Kind, Message, command, notify, reply
+from .messages import MESSAGES, Direction, Kind, Message, command, notify, reply, route
 
 __all__ = [
     "MAX_RUNNING_COMMANDS",
     "MAX_WRITE_BUFFER",
+    "ROUTE_MARGIN",
     "Channel",
     "OnCommand",
     "OnMessage",
+    "OnRoute",
 ]
 
 logger = logging.getLogger("pulsar_arbiter.ipc")
@@ -35,10 +41,15 @@ logger = logging.getLogger("pulsar_arbiter.ipc")
 #: reaching it means a stuck or dead peer, and growing further would only waste memory.
 MAX_WRITE_BUFFER = 1024 * 1024
 
-#: Commands from the peer running at once on one channel. Ours take microseconds (a few
-#: are in flight at most); beyond this a peer is flooding us, and each extra command is
-#: refused at once (an error reply) instead of queueing tasks without bound.
+#: Commands from the peer running at once on one channel (unless the channel is given
+#: its own bound: a worker's is --max-commands). Ours take microseconds (a few are in
+#: flight at most); beyond this a peer is flooding us, and each extra command is refused
+#: at once (an error reply) instead of queueing tasks without bound.
 MAX_RUNNING_COMMANDS = 64
+
+#: Seconds a ``route`` caller waits past its own timeout: the arbiter answers a member
+#: that timed out with an error at the timeout, and that answer needs a moment to arrive.
+ROUTE_MARGIN = 0.5
 
 #: Called with the channel and each notification (other than ``notify``). May return an
 #: awaitable (e.g. be an ``async def``): it then runs as a task, which outlives the
@@ -47,6 +58,8 @@ OnMessage = Callable[["Channel", Message], "Awaitable[object] | None"]
 #: Runs the command ``name`` with ``args`` and returns its result; raises CommandError
 #: (the error reply) when it cannot. Usually ``Registry.call`` bound to this process.
 OnCommand = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: Runs a ``route`` request (the whole message) and returns its result.
+OnRoute = Callable[[Message], Awaitable[Any]]
 
 
 class _ChannelProtocol(asyncio.Protocol):
@@ -85,10 +98,14 @@ class Channel:
         *,
         on_command: OnCommand | None = None,
         receiving: Direction = Direction.BOTH,
+        on_route: OnRoute | None = None,
+        max_commands: int = MAX_RUNNING_COMMANDS,
     ) -> None:
         self.loop = loop
         self.on_message = on_message
         self.on_command = on_command
+        self.on_route = on_route
+        self.max_commands = max_commands
         self.max_write_buffer = max_write_buffer
         self.closed: asyncio.Future[Exception | None] = loop.create_future()
         self._transport: asyncio.Transport | None = None
@@ -108,14 +125,32 @@ class Channel:
         on_command: OnCommand | None = None,
         receiving: Direction = Direction.BOTH,
         max_write_buffer: int = MAX_WRITE_BUFFER,
+        on_route: OnRoute | None = None,
+        max_commands: int = MAX_RUNNING_COMMANDS,
     ) -> Channel:
         """Wrap a connected stream socket; the channel's transport owns it from now on."""
         loop = loop or asyncio.get_running_loop()
         channel = cls(
-            loop, on_message, max_write_buffer, on_command=on_command, receiving=receiving
+            loop,
+            on_message,
+            max_write_buffer,
+            on_command=on_command,
+            receiving=receiving,
+            on_route=on_route,
+            max_commands=max_commands,
         )
         await loop.connect_accepted_socket(lambda: _ChannelProtocol(channel), sock)
         return channel
+
+    @property
+    def pending(self) -> int:
+        """Requests of ours awaiting their reply."""
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        """Commands of the peer's running here."""
+        return len(self._commands)
 
     @property
     def is_closing(self) -> bool:
@@ -151,13 +186,28 @@ class Channel:
         """Send command ``name`` and return the peer's result.
 
         Raises CommandError if the peer replied with an error, ChannelClosed if the channel
-        closed first, and asyncio.TimeoutError after ``timeout`` seconds.
+        closed first, and asyncio.TimeoutError after ``timeout`` seconds (the peer is told
+        the timeout, and gives the command up then too).
         """
+        return await self._request(lambda id: command(id, name, args, timeout), name, timeout)
+
+    async def route(self, target: str, name: str, args: Mapping[str, Any], timeout: float) -> Any:
+        """Ask the peer (the arbiter) to run command ``name`` in ``target``; its answer
+        is an object of ``{"result": ...}`` or ``{"error": ..., "type": ...}`` per member.
+        Raises as :meth:`request` does (TimeoutError ``ROUTE_MARGIN`` s after ``timeout``)."""
+        return await self._request(
+            lambda id: route(id, target, name, args, timeout), name, timeout + ROUTE_MARGIN
+        )
+
+    async def _request(
+        self, build: Callable[[int], Message], name: str, timeout: float | None
+    ) -> Any:
         id = next(self._ids)
+        msg = build(id)  # ValueError here (a bad message of ours) leaves nothing behind
         future: asyncio.Future[Any] = self.loop.create_future()
         self._pending[id] = future
         try:
-            if not self.send(command(id, name, args)):
+            if not self.send(msg):
                 raise ChannelClosed(f"IPC channel closed, cannot send {name!r}")
             return await asyncio.wait_for(future, timeout)
         finally:
@@ -188,7 +238,7 @@ class Channel:
             kind = MESSAGES[msg["type"]].kind
             if kind is Kind.REPLY:
                 self._resolve(msg)
-            elif msg["type"] in ("command", "notify"):
+            elif kind is Kind.REQUEST or msg["type"] == "notify":
                 self._serve(msg, answer=kind is Kind.REQUEST)
             else:
                 self._dispatch(msg)
@@ -198,16 +248,19 @@ class Channel:
         if future is None or future.done():
             logger.debug("IPC reply to unknown or expired request %d", msg["id"])
         elif msg["error"] is not None:
-            future.set_exception(CommandError(msg["error"]))
+            kind = msg.get("error_type")
+            kind = kind if isinstance(kind, str) and len(kind) <= 100 else None
+            future.set_exception(CommandError(msg["error"], type=kind))
         else:
             future.set_result(msg["result"])
 
     def _serve(self, msg: Message, answer: bool) -> None:
         refusal = None
-        if self.on_command is None:
+        handler = self.on_route if msg["type"] == "route" else self.on_command
+        if handler is None:
             refusal = "this process runs no commands"
-        elif len(self._commands) >= MAX_RUNNING_COMMANDS:
-            refusal = f"busy: {MAX_RUNNING_COMMANDS} commands running, try again"
+        elif len(self._commands) >= self.max_commands:
+            refusal = f"busy: {self.max_commands} commands running, try again"
         if refusal is not None:
             if answer:
                 self.send(reply(msg["id"], error=refusal))
@@ -219,12 +272,20 @@ class Channel:
         task.add_done_callback(self._commands.discard)
 
     async def _run(self, msg: Message, answer: bool) -> None:
-        assert self.on_command is not None
         name = msg["name"]
+        error_type = None
         try:
-            result, error = await self.on_command(name, msg["args"]), None
+            if msg["type"] == "route":
+                assert self.on_route is not None
+                running = self.on_route(msg)
+            else:
+                assert self.on_command is not None
+                running = self.on_command(name, msg["args"])
+            result, error = await asyncio.wait_for(running, _caller_timeout(msg)), None
         except CommandError as exc:
-            result, error = None, str(exc)
+            result, error, error_type = None, str(exc), exc.type
+        except asyncio.TimeoutError:  # the caller gave up: so do we
+            result, error = None, f"{name}: no answer within {msg['timeout']:g}s"
         except Exception as exc:  # a bug of the dispatcher's: answer, serve on
             logger.exception("IPC command %.80r failed", name)
             result, error = None, f"internal error: {type(exc).__name__}: {exc}"
@@ -233,7 +294,7 @@ class Channel:
                 logger.warning("IPC notify %.80r failed: %s", name, error)
             return
         try:
-            self.send(reply(msg["id"], result, error))
+            self.send(reply(msg["id"], result, error, error_type))
         except ValueError as exc:  # the result is not JSON, or too large
             self.send(reply(msg["id"], error=f"{name}: the result cannot be sent: {exc}"))
 
@@ -259,3 +320,14 @@ class Channel:
                 future.set_exception(ChannelClosed("IPC channel closed before the reply"))
         if not self.closed.done():
             self.closed.set_result(exc)
+
+
+def _caller_timeout(msg: Message) -> float | None:
+    """How long the caller of ``msg`` waits (a command's optional ``timeout``), if it said
+    so with a usable number; a ``route`` is bounded by the arbiter per member instead."""
+    if msg["type"] != "command":
+        return None
+    value = msg.get("timeout")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None

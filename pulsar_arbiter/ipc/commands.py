@@ -1,7 +1,9 @@
 """The one command registry: every command any process runs, declared once, by name.
 
 A command is a function ``fn(actor, **kwargs)``, plain or async, where ``actor`` is the
-process running it (the arbiter, or a worker). It is declared with :meth:`Registry.command`:
+process running it (the arbiter, a worker, or a supervised actor: see :mod:`.actor`). It
+is declared with :meth:`Registry.command` (users declare theirs with the public
+:func:`pulsar_arbiter.command`, which runs them in workers and actors):
 
     @COMMANDS.command(runs_in=("worker",), timeout=2.0)
     def ping(actor):
@@ -20,6 +22,7 @@ or bad argument, a handler that raises or overruns its timeout: each is a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
@@ -35,6 +38,7 @@ __all__ = [
     "COMMANDS",
     "DEFAULT_TIMEOUT",
     "MAX_WORKERS",
+    "Actor",
     "ActorKind",
     "ArbiterActor",
     "Command",
@@ -227,6 +231,14 @@ class Registry:
             raise CommandError(f"command {command.name!r} cannot be called by a worker")
         return command
 
+    def allow_workers(self, *names: str) -> None:
+        """Let workers (and actors) ask the arbiter for its commands ``names`` (``reload``,
+        ``scale``, ``stop``: never allowed unless the app says so here, in a module the
+        arbiter imports: the app with ``--preload``)."""
+        for name in names:
+            command = self.lookup("arbiter", name)
+            self._commands["arbiter", name] = dataclasses.replace(command, workers=True)
+
     async def call(
         self,
         actor: Any,
@@ -235,25 +247,33 @@ class Registry:
         args: Mapping[str, Any],
         *,
         from_worker: bool = False,
+        timeout: float | None = None,
     ) -> Any:
         """Run command ``name`` in ``actor`` (a process of ``kind``) and return its result.
 
         Raises CommandError (one line) for anything that goes wrong; a handler's own
-        exception is logged with its traceback and reported as ``TYPE: message``.
+        exception is logged with its traceback and reported as ``TYPE: message`` (and
+        its type in ``CommandError.type``). An async handler runs at most the command's
+        timeout, or ``timeout`` when shorter (the caller's).
         """
         command = self.lookup(kind, name, from_worker=from_worker)
         kwargs = command.bind(args)
+        limit = command.timeout if timeout is None else min(timeout, command.timeout)
         try:
             result = command.handler(actor, **kwargs)
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, command.timeout)
+                result = await asyncio.wait_for(result, limit)
         except CommandError:
             raise
         except asyncio.TimeoutError:
-            raise CommandError(f"{command.name}: no answer within {command.timeout:g}s") from None
+            raise CommandError(
+                f"{command.name}: no answer within {limit:g}s", type="TimeoutError"
+            ) from None
         except Exception as exc:
             logger.exception("command %r failed", command.name)
-            raise CommandError(f"{command.name}: {type(exc).__name__}: {exc}") from None
+            raise CommandError(
+                f"{command.name}: {type(exc).__name__}: {exc}", type=type(exc).__name__
+            ) from None
         return result
 
 
@@ -274,6 +294,22 @@ def worker_count(value: object) -> int:
 # -- the built-in commands ---------------------------------------------------------------------
 
 
+class Actor(Protocol):
+    """A process as its commands see it (:func:`pulsar_arbiter.get_actor`): ``name``
+    (``"arbiter"``, ``"worker:3"``, ``"actor:scheduler"``), ``kind``, ``id`` (the arbiter's
+    is 0), ``pid``, and :meth:`info`, its identity and stats."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> ActorKind: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    def info(self) -> dict[str, Any]: ...
+
+
 class ArbiterActor(Protocol):
     """What the arbiter's built-in commands drive."""
 
@@ -281,6 +317,10 @@ class ArbiterActor(Protocol):
     def reload(self) -> str: ...
     def scale(self, workers: int) -> int: ...
     def stop(self, graceful: bool = True) -> None: ...
+    def live_workers(self) -> list[dict[str, Any]]: ...
+    async def route(
+        self, target: str, name: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, dict[str, Any]]: ...
 
 
 class WorkerActor(Protocol):
@@ -292,8 +332,34 @@ class WorkerActor(Protocol):
 
 COMMANDS = Registry()
 
+_EVERYWHERE: tuple[ActorKind, ...] = ACTOR_KINDS
 
-@COMMANDS.command(name="stats", runs_in=("arbiter",), bare_answer=True)
+
+@COMMANDS.command(runs_in=_EVERYWHERE, workers=True)
+def ping(actor: object) -> str:
+    """Answer "pong"."""
+    return "pong"
+
+
+@COMMANDS.command(runs_in=_EVERYWHERE, workers=True)
+def echo(actor: object, *, value: Any) -> Any:
+    """Answer VALUE."""
+    return value
+
+
+@COMMANDS.command(runs_in=_EVERYWHERE, workers=True)
+def info(actor: Actor) -> dict[str, Any]:
+    """This process's identity and stats."""
+    return actor.info()
+
+
+@COMMANDS.command(runs_in=("arbiter",), workers=True)
+def workers(actor: ArbiterActor) -> list[dict[str, Any]]:
+    """The live workers: id, pid, generation, phase."""
+    return actor.live_workers()
+
+
+@COMMANDS.command(name="stats", runs_in=("arbiter",), bare_answer=True, workers=True)
 async def arbiter_stats(actor: ArbiterActor) -> dict[str, Any]:
     """The arbiter's, every worker's and the summed stats."""
     return await actor.stats()
@@ -318,19 +384,13 @@ def stop(actor: ArbiterActor) -> str:
     return "stopping"
 
 
-@COMMANDS.command(name="stats", runs_in=("worker",))
+@COMMANDS.command(name="stats", runs_in=("worker", "actor"))
 def worker_stats(actor: WorkerActor) -> dict[str, Any]:
-    """This worker's stats."""
+    """This process's stats."""
     return actor.stats()
 
 
-@COMMANDS.command(runs_in=("worker",))
-def ping(actor: object) -> str:
-    """Answer "pong"."""
-    return "pong"
-
-
-@COMMANDS.command(runs_in=("worker",))
+@COMMANDS.command(runs_in=("worker", "actor"))
 def reopen_logs(actor: WorkerActor) -> bool:
     """Reopen the log files (sent as a notification on USR1)."""
     actor.reopen_logs()

@@ -14,5 +14,14 @@ class ChannelClosed(ConnectionError):
 
 
 class CommandError(Exception):
-    """A command failed: unknown, refused, bad arguments, or it raised; ``str(exc)`` is
-    the one-line reason (the peer's, when it came in a reply)."""
+    """A command failed: unknown, refused, bad arguments, timed out, or it raised;
+    ``str(exc)`` is the one-line reason (the peer's, when it came in a reply).
+
+    ``type`` names the exception the command raised (``"ValueError"``), when it raised one;
+    ``target`` names who answered (``"worker:2"``), when it came through a routed call.
+    """
+
+    def __init__(self, message: str, *, type: str | None = None, target: str | None = None):
+        super().__init__(message)
+        self.type = type
+        self.target = target

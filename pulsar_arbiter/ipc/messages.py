@@ -11,11 +11,18 @@ boot_error worker->arbiter  notification  ``error`` (str): why the worker cannot
 stop       arbiter->worker  notification  ``graceful`` (bool), ``timeout`` (number >= 0 or
                                           null), ``handoff`` (bool)
 command    both             request       ``id`` (int >= 1), ``name`` (str), ``args``
-                                          (object): run a registered command, answer it
+                                          (object): run a registered command, answer it;
+                                          optional ``timeout``: the caller gives up then
+route      worker->arbiter  request       ``id``, ``target`` (str), ``name``, ``args``,
+                                          ``timeout`` (number > 0): run a command in
+                                          ``target`` (``send``); answered with an object
+                                          of ``{"result"}`` or ``{"error", "type"}`` per
+                                          member (see :mod:`.actor`)
 notify     both             notification  ``name`` (str), ``args`` (object): run a
                                           registered command, answer nothing
 reply      both             reply         ``id`` (int >= 1), ``result`` (any), ``error``
-                                          (str or null): the answer to one ``command``
+                                          (str or null): the answer to one request;
+                                          optional ``error_type``: what the command raised
 =========  ===============  ============  ===============================================
 
 A request gets exactly one reply (the channel sends it, whatever the handler does); a
@@ -50,6 +57,7 @@ __all__ = [
     "ready",
     "reply",
     "retiring",
+    "route",
     "stop",
     "validate",
 ]
@@ -135,6 +143,10 @@ def _any(value: object) -> bool:
     return True
 
 
+def _is_positive(value: object) -> bool:
+    return _is_timeout(value) and value is not None and value > 0  # type: ignore[operator]
+
+
 _ID = Field("id", "an integer >= 1", _is_id)
 _NAME = Field("name", f"a non-empty string of at most {MAX_NAME} characters", _is_name)
 _ARGS = Field("args", "an object", _is_object)
@@ -180,6 +192,19 @@ MESSAGES: Mapping[str, MessageType] = {
             "stop serving",
         ),
         MessageType("command", _BOTH, _REQUEST, (_ID, _NAME, _ARGS), "run a command, answer"),
+        MessageType(
+            "route",
+            _TO_ARBITER,
+            _REQUEST,
+            (
+                _ID,
+                Field("target", "a string", _is_str),
+                _NAME,
+                _ARGS,
+                Field("timeout", "a number > 0", _is_positive),
+            ),
+            "run a command in a target, answer per member",
+        ),
         MessageType("notify", _BOTH, _NOTE, (_NAME, _ARGS), "run a command, answer nothing"),
         MessageType(
             "reply",
@@ -250,13 +275,35 @@ def stop(graceful: bool = True, timeout: float | None = None, handoff: bool = Fa
     return {"type": "stop", "graceful": graceful, "timeout": timeout, "handoff": handoff}
 
 
-def command(id: int, name: str, args: Mapping[str, Any] | None = None) -> Message:
-    return {"type": "command", "id": id, "name": name, "args": dict(args or {})}
+def command(
+    id: int, name: str, args: Mapping[str, Any] | None = None, timeout: float | None = None
+) -> Message:
+    msg = {"type": "command", "id": id, "name": name, "args": dict(args or {})}
+    if timeout is not None:
+        msg["timeout"] = timeout
+    return msg
+
+
+def route(id: int, target: str, name: str, args: Mapping[str, Any], timeout: float) -> Message:
+    """Ask the arbiter to run command ``name`` in ``target`` (an actor's ``send``)."""
+    return {
+        "type": "route",
+        "id": id,
+        "target": target,
+        "name": name,
+        "args": dict(args),
+        "timeout": timeout,
+    }
 
 
 def notify(name: str, args: Mapping[str, Any] | None = None) -> Message:
     return {"type": "notify", "name": name, "args": dict(args or {})}
 
 
-def reply(id: int, result: Any = None, error: str | None = None) -> Message:
-    return {"type": "reply", "id": id, "result": result, "error": error}
+def reply(
+    id: int, result: Any = None, error: str | None = None, error_type: str | None = None
+) -> Message:
+    msg = {"type": "reply", "id": id, "result": result, "error": error}
+    if error_type is not None:
+        msg["error_type"] = error_type
+    return msg

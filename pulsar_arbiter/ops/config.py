@@ -35,6 +35,7 @@ __all__ = [
     "MAX_WORKERS",
     "PROG",
     "SETTINGS",
+    "ActorSpec",
     "Config",
     "ConfigError",
     "Setting",
@@ -175,6 +176,59 @@ def app_ref(value: object) -> str:
     if not isinstance(value, str) or not _APP.fullmatch(value):
         raise ValueError(f"expected MODULE:ATTRIBUTE, e.g. myapp:Consumer, got {_got(value)}")
     return value
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """A supervised actor: its name (the target ``actor:NAME``) and ``MODULE:CALLABLE``."""
+
+    name: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.target}"
+
+
+#: The most supervised actors: each is a process, and a typo must not fork hundreds.
+MAX_ACTORS = 64
+_ACTOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _actor(item: object) -> ActorSpec:
+    if isinstance(item, ActorSpec):
+        return item
+    if isinstance(item, dict):  # [[tool.pulsar_arbiter.actor]]: name = ..., target = ...
+        if set(item) != {"name", "target"}:
+            raise ValueError(f"expected a table with keys name and target, got {_got(item)}")
+        name, target = item["name"], item["target"]
+    elif isinstance(item, str):
+        name, _, target = item.partition("=")
+    else:
+        raise ValueError(f"expected NAME=MODULE:CALLABLE, got {_got(item)}")
+    if not isinstance(name, str) or not _ACTOR_NAME.fullmatch(name):
+        raise ValueError(
+            f"expected NAME=MODULE:CALLABLE with a NAME of letters, digits, '.', '_' or '-', "
+            f"got {_got(item)}"
+        )
+    if not isinstance(target, str) or not _APP.fullmatch(target):
+        raise ValueError(
+            f"expected NAME=MODULE:CALLABLE, e.g. jobs=myapp:scheduler, got {_got(item)}"
+        )
+    return ActorSpec(name, target)
+
+
+def actors(value: object) -> tuple[ActorSpec, ...]:
+    """``--actor NAME=MODULE:CALLABLE`` (repeatable), or a TOML list of such strings or of
+    ``{name, target}`` tables (``[[tool.pulsar_arbiter.actor]]``)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    specs = tuple(_actor(item) for item in items)
+    names = [spec.name for spec in specs]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"duplicate actor name {duplicate!r}")
+    if len(specs) > MAX_ACTORS:
+        raise ValueError(f"expected at most {MAX_ACTORS} actors, got {len(specs)}")
+    return specs
 
 
 def binds(value: object) -> tuple[BindSpec, ...]:
@@ -570,6 +624,26 @@ class Config:
         help="add a random 0..N to --max-requests per worker, so they do not recycle together",
         section=_WORKERS,
     )
+    max_commands: int = setting(
+        "--max-commands",
+        convert=integer(1, 4096),
+        default=16,
+        metavar="N",
+        help="commands (send, ctl call) running at once in a worker or actor; more are "
+        "refused as busy, so a flood of commands cannot starve request serving",
+        section=_WORKERS,
+    )
+    actor: tuple[ActorSpec, ...] = setting(
+        "--actor",
+        kind="append",
+        convert=actors,
+        default=(),
+        metavar="NAME=MODULE:CALLABLE",
+        help="run `async def CALLABLE(actor)` in a supervised process of its own, which "
+        "serves no sockets and answers the commands of its module as actor:NAME; "
+        "repeatable ([[tool.pulsar_arbiter.actor]] name/target tables in TOML)",
+        section=_WORKERS,
+    )
     timeout: float = setting(
         "--timeout",
         convert=number(0, inclusive=False),
@@ -703,6 +777,8 @@ class Config:
                 value = [str(item) for item in value]
             elif isinstance(value, BindSpec):
                 value = str(value)
+            elif spec.name == "actor":
+                value = [str(item) for item in value]
             result[spec.name] = value
         return result
 

@@ -5,8 +5,11 @@ JSON request per line and answers one JSON line: ``{"command": NAME, ARG: VALUE.
 the arbiter's command NAME of the one registry (:data:`pulsar_arbiter.ipc.COMMANDS`):
 ``{"command": "stats"}``, ``{"command": "reload"}``, ``{"command": "scale", "workers": N}``,
 ``{"command": "stop"}``. The answer is ``{"ok": true, "result": ...}`` (``stats`` answers its
-object itself). Every request gets an answer, an ``{"error": ...}`` one for anything
-malformed, an unknown command or an unknown, missing or bad argument.
+object itself). ``{"call": NAME, "to": TARGET, "args": {...}, "timeout": S}`` runs command
+NAME in TARGET (``arbiter``, ``worker:N``, ``workers``, ``actor:NAME``, ``actors``: routed
+as a ``send()`` is) and answers ``{"answers": {MEMBER: {"result": ...} or {"error": ...}}}``.
+Every request gets an answer, an ``{"error": ...}`` one for anything malformed, an unknown
+command or target or an unknown, missing or bad argument.
 
 Who trusts whom:
 
@@ -38,7 +41,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..ipc import COMMANDS, MAX_DEPTH, CommandError, nesting_exceeds
+from ..ipc import COMMANDS, DEFAULT_TIMEOUT, MAX_DEPTH, CommandError, nesting_exceeds
+from ..ipc.actor import parse_target
 from ..ipc.commands import ArbiterActor
 from .config import PROG, ConfigError, add_arguments, convert_given, default_control_socket
 
@@ -46,10 +50,14 @@ __all__ = ["ControlServer", "ForeignServer", "check_directory", "ctl_main", "req
 
 logger = logging.getLogger("pulsar_arbiter.control")
 
-# One request line at most: commands are tiny; a peer sending more is not a client of ours.
+# One request line at most: commands are tiny (a call's arguments come from a command
+# line); a peer sending more is not a client of ours.
 MAX_REQUEST = 4096
-# Seconds a ctl client waits for the arbiter's answer (stats asks every worker).
+# Seconds a ctl client waits for the arbiter's answer (stats asks every worker); a
+# ``ctl call`` waits its own timeout plus this margin.
 CLIENT_TIMEOUT = 10.0
+# The longest ``ctl call --timeout``: an operator waiting longer has a stuck command.
+CALL_TIMEOUT_MAX = 3600.0
 
 
 #: What the control socket drives: the arbiter (its commands are the registry's).
@@ -181,6 +189,8 @@ class ControlServer:
             return {"error": "expected one JSON object with a 'command' key"}
         if nesting_exceeds(request, MAX_DEPTH):
             return {"error": f"request nested deeper than {MAX_DEPTH} levels"}
+        if isinstance(request, dict) and "call" in request:
+            return await self._call(request)
         if not isinstance(request, dict) or "command" not in request:
             return {"error": "expected one JSON object with a 'command' key"}
         args = dict(request)
@@ -193,6 +203,23 @@ class ControlServer:
         if command.bare_answer and isinstance(result, dict):
             return result
         return {"ok": True, "result": result}
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``ctl call``: a command in any target, answered per member."""
+        name, target = request.get("call"), request.get("to", "arbiter")
+        args, timeout = request.get("args", {}), request.get("timeout", DEFAULT_TIMEOUT)
+        if not isinstance(name, str) or not isinstance(args, dict):
+            return {"error": "call: expected a command name and an object of arguments"}
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            return {"error": f"call: timeout must be a number, got {timeout!r:.80}"}
+        if not 0 < timeout <= CALL_TIMEOUT_MAX:
+            return {"error": f"call: timeout must be in (0, {CALL_TIMEOUT_MAX:g}]"}
+        try:
+            parse_target(target)
+            answers = await self.target.route(target, name, args, float(timeout))
+        except CommandError as exc:
+            return {"error": str(exc)}
+        return {"answers": answers}
 
 
 def _dump(answer: Any) -> bytes:
@@ -259,12 +286,15 @@ def request(
 
 def ctl_main(argv: Sequence[str]) -> int:
     """``python -m pulsar_arbiter ctl [--control-socket PATH] [--name NAME] COMMAND [ARG...]``:
-    the arbiter's commands of the one registry (stats, reload, scale N, stop)."""
-    commands = {command.name: command for command in COMMANDS.commands("arbiter")}
+    the arbiter's commands of the one registry (stats, reload, scale N, stop), or
+    ``call NAME [--to TARGET] [KEY=VALUE ...] [--timeout S]``: any command in any target.
+    Exit status: 0 when every member answered without error, 1 otherwise, 2 on bad usage."""
+    commands = {c.name: c for c in COMMANDS.commands("arbiter") if c.name in CTL_COMMANDS}
     usage = [
         f"{c.name}{''.join(f' {p.name.upper()}' for p in c.params)}" for c in commands.values()
     ]
-    width = max(map(len, usage))
+    call_usage = "call NAME [--to TARGET] [KEY=VALUE ...] [--timeout S]"
+    width = max(map(len, [*usage, call_usage]))
     parser = argparse.ArgumentParser(
         prog=f"{PROG} ctl",
         description="Talk to a running arbiter.",
@@ -272,31 +302,33 @@ def ctl_main(argv: Sequence[str]) -> int:
         epilog="commands:\n"
         + "\n".join(
             f"  {u:<{width}}  {c.help}" for u, c in zip(usage, commands.values(), strict=True)
-        ),
+        )
+        + f"\n  {call_usage:<{width}}  run command NAME in TARGET (arbiter, worker:N, workers,"
+        + f"\n  {'':<{width}}  actor:NAME, actors); prints one JSON object, per member",
     )
     add_arguments(parser, ("control_socket", "name"))
-    parser.add_argument("command", choices=list(commands), help="what to ask the arbiter")
+    parser.add_argument("command", choices=[*commands, "call"], help="what to ask the arbiter")
     parser.add_argument(
         "values", nargs="*", metavar="ARG", help="the command's arguments, in order (scale N)"
     )
-    args = parser.parse_args(list(argv))
+    parser.add_argument("--to", default="arbiter", metavar="TARGET", help="call: the target")
+    parser.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="call: seconds to wait"
+    )
+    args = parser.parse_intermixed_args(list(argv))
     try:
         settings = convert_given(vars(args), ("control_socket", "name"))
     except ConfigError as exc:
         parser.error(str(exc))
-    command = commands[args.command]
-    if len(args.values) > len(command.params):
-        parser.error(f"{command.name}: too many arguments")
-    values = {p.name: _json_or_text(v) for p, v in zip(command.params, args.values, strict=False)}
-    try:
-        command.bind(values)  # checked here too: a usage error is ours to report
-    except CommandError as exc:
-        parser.error(str(exc))
-    payload: dict[str, Any] = {"command": command.name, **values}
+    if args.command == "call":
+        name, payload = _call_payload(parser, args)
+    else:
+        name, payload = _builtin_payload(parser, args, commands[args.command])
     explicit = settings.get("control_socket")
     path = explicit or default_control_socket(settings.get("name", PROG))
+    wait = CLIENT_TIMEOUT + float(payload.get("timeout", 0))
     try:
-        answer = request(path, payload, explicit=explicit is not None)
+        answer = request(path, payload, wait, explicit=explicit is not None)
     except ForeignServer as exc:
         print(f"pulsar_arbiter ctl: {exc}", file=sys.stderr)
         return 1
@@ -306,11 +338,70 @@ def ctl_main(argv: Sequence[str]) -> int:
     except ValueError:  # closed without a whole JSON answer
         print(f"pulsar_arbiter ctl: no valid answer from the arbiter at {path}", file=sys.stderr)
         return 1
-    if isinstance(answer, dict) and "error" in answer:
-        print(f"pulsar_arbiter ctl: {answer['error']}", file=sys.stderr)
+    if not isinstance(answer, dict) or "error" in answer or "answers" not in answer:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        print(f"pulsar_arbiter ctl: {error or 'malformed answer'}", file=sys.stderr)
         return 1
-    print(json.dumps(answer, indent=2, sort_keys=True))
+    answers = answer["answers"]
+    failed = [m for m, a in answers.items() if not isinstance(a, dict) or "error" in a]
+    if args.command == "call":
+        for entry in answers.values():
+            if isinstance(entry, dict):
+                entry.pop("type", None)
+        print(json.dumps(answers, indent=2, sort_keys=True))
+        return 1 if failed or not answers else 0
+    (entry,) = answers.values()
+    if failed:
+        print(f"pulsar_arbiter ctl: {entry.get('error')}", file=sys.stderr)
+        return 1
+    result = entry["result"]
+    bare = commands[name].bare_answer and isinstance(result, dict)
+    print(json.dumps(result if bare else {"ok": True, "result": result}, indent=2, sort_keys=True))
     return 0
+
+
+#: The arbiter's commands that ``ctl`` offers by name (any other through ``ctl call``).
+CTL_COMMANDS = ("stats", "reload", "scale", "stop")
+
+
+def _builtin_payload(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, command: Any
+) -> tuple[str, dict[str, Any]]:
+    """``ctl scale 4``: a call of the arbiter's built-in command, arguments in order."""
+    if args.to != "arbiter" or args.timeout is not None:
+        parser.error(f"{command.name}: --to and --timeout are for call")
+    if len(args.values) > len(command.params):
+        parser.error(f"{command.name}: too many arguments")
+    values = {p.name: _json_or_text(v) for p, v in zip(command.params, args.values, strict=False)}
+    try:
+        command.bind(values)  # checked here too: a usage error is ours to report
+    except CommandError as exc:
+        parser.error(str(exc))
+    payload = {"call": command.name, "to": "arbiter", "args": values, "timeout": DEFAULT_TIMEOUT}
+    return command.name, payload
+
+
+def _call_payload(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[str, dict[str, Any]]:
+    """``ctl call NAME [KEY=VALUE ...]``: VALUE is JSON when it is valid JSON, else text."""
+    if not args.values:
+        parser.error("call: which command? (call NAME [--to TARGET] [KEY=VALUE ...])")
+    name, *pairs = args.values
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            parser.error(f"call: expected KEY=VALUE, got {pair!r}")
+        kwargs[key] = _json_or_text(value)
+    try:
+        parse_target(args.to)
+    except CommandError as exc:
+        parser.error(f"--to: {exc}")
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    if not 0 < timeout <= CALL_TIMEOUT_MAX:
+        parser.error(f"--timeout: expected a number of seconds in (0, {CALL_TIMEOUT_MAX:g}]")
+    return name, {"call": name, "to": args.to, "args": kwargs, "timeout": timeout}
 
 
 def _json_or_text(value: str) -> Any:

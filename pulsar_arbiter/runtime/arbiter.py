@@ -26,16 +26,20 @@ import multiprocess
 import psutil
 
 from .. import ipc
+from ..ipc.actor import member_answer, members, set_actor
+from ..ipc.commands import ActorKind
 from ..ops.binds import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
 from ..ops.config import Config, ConfigError, load_config, unreloadable_changes
 from ..ops.control import ControlServer
 from ..ops.logs import reopen_log_files, setup_logging
+from .actor import ActorProcessSpec, run_actor
 from .apps import AppError, import_app
 from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR
 from .handoff import handoff_socketpair
 from .signals import ARBITER_SIGNALS
 from .spawn import loop_fds, start_process
 from .supervisor import (
+    SERVING,
     Exit,
     Exited,
     Kill,
@@ -57,13 +61,23 @@ LOGGER = logging.getLogger("pulsar_arbiter.arbiter")
 TICK = 0.25
 # Seconds to wait for a worker's answer to a stats request before using its last beat.
 STATS_TIMEOUT = 1.0
+# The longest a routed call may wait for its members, whatever its caller asked: a day
+# is beyond any sane command; the bound keeps every timer the arbiter arms finite.
+MAX_CALL_TIMEOUT = 86400.0
 # Seconds a stopping arbiter waits for every worker to say it stopped accepting before it
 # shuts the listening sockets down anyway (a worker that does not answer is stuck).
 LISTENERS_SHUTDOWN_WAIT = 1.0
 
 
 class Arbiter:
-    """One arbiter process: ``Arbiter(cfg, argv).run()`` returns the exit status."""
+    """One arbiter process: ``Arbiter(cfg, argv).run()`` returns the exit status.
+
+    It is also the process's actor (``get_actor()`` in the arbiter: name ``arbiter``, id 0)
+    and the router of every ``send()``: workers and actors never talk to each other."""
+
+    kind: ActorKind = "arbiter"
+    id = 0
+    name = "arbiter"
 
     def __init__(self, cfg: Config, argv: Sequence[str] = ()) -> None:
         self.cfg = cfg
@@ -214,6 +228,7 @@ class Arbiter:
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        set_actor(self, self.route)
         for signum in ARBITER_SIGNALS:
             loop.add_signal_handler(signum, self._record_signal, signum)
         try:
@@ -252,7 +267,7 @@ class Arbiter:
             if signum != signal.SIGCHLD:
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
-        for worker in list(self.sup.workers.values()):
+        for worker in [*self.sup.workers.values(), *self.sup.actors.values()]:
             if worker.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGKILL)
@@ -361,6 +376,10 @@ class Arbiter:
 
     def _spawn(self, worker: WorkerRecord) -> None:
         parent_end, child_end = socket.socketpair()
+        if worker.actor is not None:
+            actor = self._actor_spec(worker, parent_end, child_end)
+            self._fork(worker, parent_end, child_end, run_actor, actor)
+            return
         spec = WorkerSpec(
             id=worker.id,
             generation=worker.generation,
@@ -376,11 +395,42 @@ class Arbiter:
             app=self.app,
             handoff=self.handoff,
         )
+        self._fork(worker, parent_end, child_end, run_worker, spec)
+
+    def _actor_spec(
+        self, record: WorkerRecord, parent_end: socket.socket, child_end: socket.socket
+    ) -> ActorProcessSpec:
+        actor = next(a for a in self.cfg.actor if a.name == record.actor)
+        return ActorProcessSpec(
+            id=record.id,
+            generation=record.generation,
+            actor=actor,
+            cfg=self.cfg,
+            arbiter_pid=self.pid,
+            channel=child_end,
+            # An actor serves no sockets: it keeps none of the listeners open either.
+            close_fds=[
+                *self._fds_to_close_in_child(parent_end),
+                *(sock.fileno() for _, sock in self.sockets),
+                *(end.fileno() for end in self.handoff or ()),
+            ],
+        )
+
+    def _fork(
+        self,
+        worker: WorkerRecord,
+        parent_end: socket.socket,
+        child_end: socket.socket,
+        target: Callable[[Any], None],
+        spec: Any,
+    ) -> None:
+        """Start ``target(spec)`` in a child (a worker or an actor) and connect to it."""
+        what = _label(worker)
         try:
-            proc = start_process(self._context, run_worker, (spec,), f"worker-{worker.id}")
+            proc = start_process(self._context, target, (spec,), what.replace(" ", "-"))
         except OSError as exc:  # EAGAIN, ENOMEM: a failed boot, not the arbiter's end
             parent_end.close()
-            LOGGER.error("cannot fork worker %d: %s", worker.id, exc)
+            LOGGER.error("cannot fork %s: %s", what, exc)
             self._report_exit(self.sup.fork_failed(worker.id, str(exc), time.monotonic()))
             return
         finally:
@@ -389,9 +439,7 @@ class Arbiter:
         self.processes[worker.id] = proc
         self.channel_socks[worker.id] = parent_end
         self.sup.spawned(worker.id, proc.pid)
-        LOGGER.info(
-            "spawned worker %d (pid %d, generation %d)", worker.id, proc.pid, worker.generation
-        )
+        LOGGER.info("spawned %s (pid %d, generation %d)", what, proc.pid, worker.generation)
         loop = asyncio.get_running_loop()
         loop.add_reader(proc.sentinel, self._reap, worker.id)
         task = loop.create_task(self._connect(worker.id, parent_end))
@@ -412,6 +460,7 @@ class Arbiter:
             parent_end,
             on_message,
             on_command=self._worker_command,
+            on_route=self._on_route,
             receiving=ipc.Direction.TO_ARBITER,
         )
         if worker_id in self.processes:
@@ -503,8 +552,8 @@ class Arbiter:
         self.dead_requests += _count(worker.stats, "requests")
         LOGGER.log(
             logging.INFO if exited.expected else logging.WARNING,
-            "worker %d (pid %s) exited with %s (%s)",
-            worker.id,
+            "%s (pid %s) exited with %s (%s)",
+            _label(worker),
             worker.pid,
             _describe_exit(worker.exit_code),
             worker.detail,
@@ -517,6 +566,80 @@ class Arbiter:
                 f" ({self.sup.last_error})" if self.sup.last_error else "",
                 len(self.sup.old_serving()),
             )
+
+    # -- the arbiter's actor and the router ----------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """The arbiter's identity and stats (the ``info`` command)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "id": self.id,
+            "pid": self.pid,
+            "server": self.cfg.name,
+            "generation": self.sup.generation,
+            "uptime": time.monotonic() - self.started,
+            "workers": self.sup.counts(),
+            "actors": [a["name"] for a in self.sup.actor_report(time.monotonic())],
+        }
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        """The workers alive now (the ``workers`` command): id, pid, generation, phase."""
+        return [
+            {"id": w.id, "pid": w.pid, "generation": w.generation, "phase": w.phase.value}
+            for w in sorted(self.sup.workers.values(), key=lambda w: w.id)
+            if w.pid
+        ]
+
+    def _members(self) -> tuple[dict[int, WorkerRecord], dict[str, WorkerRecord]]:
+        """The workers and actors a call can reach now: serving, with a channel."""
+        workers = {
+            w.id: w
+            for w in self.sup.workers.values()
+            if w.phase in SERVING and w.id in self.channels
+        }
+        actors = {
+            a.actor: a
+            for a in self.sup.actors.values()
+            if a.actor is not None and a.phase in SERVING and a.id in self.channels
+        }
+        return workers, actors
+
+    async def route(
+        self,
+        target: str,
+        name: str,
+        args: dict[str, Any],
+        timeout: float,
+        *,
+        from_child: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """Run command ``name`` in every member of ``target`` live now; one answer each
+        (``{"result"}`` or ``{"error", "type"}``), the dead at once, the slow at ``timeout``.
+        ``from_child``: asked by a worker or an actor, which may call only the arbiter's
+        commands marked for workers. CommandError for a single target not live."""
+        timeout = min(timeout, MAX_CALL_TIMEOUT)
+        workers, actors = self._members()
+        names = members(target, workers, actors)
+        calls = []
+        for member in names:
+            if member == "arbiter":
+                call = ipc.COMMANDS.call(
+                    self, "arbiter", name, args, from_worker=from_child, timeout=timeout
+                )
+            else:
+                kind, _, key = member.partition(":")
+                record = workers[int(key)] if kind == "worker" else actors[key]
+                call = self.channels[record.id].request(name, args, timeout=timeout)
+            calls.append(member_answer(call, name, timeout))
+        answers = await asyncio.gather(*calls)
+        return dict(zip(names, answers, strict=True))
+
+    async def _on_route(self, msg: ipc.Message) -> dict[str, dict[str, Any]]:
+        """A worker's or an actor's ``send()``."""
+        return await self.route(
+            msg["target"], msg["name"], msg["args"], msg["timeout"], from_child=True
+        )
 
     # -- stats ------------------------------------------------------------------------
 
@@ -552,6 +675,7 @@ class Arbiter:
                 **_process_usage(self.pid),
             },
             "workers": fresh,
+            "actors": self.sup.actor_report(time.monotonic()),
             "totals": totals,
         }
 
@@ -573,6 +697,11 @@ class Arbiter:
         if worker.pid:
             stats.update(_process_usage(worker.pid))
         return stats
+
+
+def _label(record: WorkerRecord) -> str:
+    """How the log names a child: ``worker 3`` or ``actor scheduler``."""
+    return f"actor {record.actor}" if record.actor is not None else f"worker {record.id}"
 
 
 def _reserve_port(listening: socket.socket) -> socket.socket:
@@ -609,6 +738,7 @@ def _settings(cfg: Config) -> Settings:
         graceful_timeout=cfg.graceful_timeout,
         max_requests=cfg.max_requests,
         max_requests_jitter=cfg.max_requests_jitter,
+        actors=tuple(actor.name for actor in cfg.actor),
     )
 
 

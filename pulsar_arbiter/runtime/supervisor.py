@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import enum
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .exits import EXIT_BOOT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
@@ -152,6 +152,8 @@ class WorkerRecord:
     detail: str = ""  # what happened, for the log: "no heartbeat for 3.1s (timeout 2s)"
     exit_code: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    #: The supervised actor's name (``--actor NAME=...``); None for a worker.
+    actor: str | None = None
 
     def to(self, phase: Phase) -> None:
         if phase not in TRANSITIONS[self.phase]:
@@ -170,6 +172,24 @@ class WorkerRecord:
         return self.phase is not Phase.DEAD
 
 
+@dataclass
+class ActorState:
+    """The restart state of one named actor."""
+
+    name: str
+    #: Boot failures in a row (a crash within STABLE_AFTER of being ready counts).
+    failures: int = 0
+    next_spawn_at: float = 0.0
+    restarts: int = 0
+    last_error: str = ""
+    #: The id of its live process, if any.
+    record_id: int | None = None
+
+
+def _backoff(failures: int) -> float:
+    return 0.0 if failures <= 0 else min(BACKOFF_BASE * 2 ** (failures - 1), BACKOFF_MAX)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The settings the supervisor's rules use (a reload may change any of them)."""
@@ -182,6 +202,8 @@ class Settings:
     max_requests_jitter: int = 0
     #: On TERM, seconds the workers keep serving (health already 503) before they stop.
     drain_delay: float = 0.0
+    #: The names of the supervised actors (``--actor``), one process each.
+    actors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,6 +288,10 @@ class Supervisor:
         self.desired = max(1, workers)
         self.generation = 1
         self.workers: dict[int, WorkerRecord] = {}
+        # The supervised actors' processes, by id (ids are shared with the workers), and
+        # each actor's restart state, by name (see "supervised actors" below).
+        self.actors: dict[int, WorkerRecord] = {}
+        self.actor_states: dict[str, ActorState] = {}
         self._ids = 0
         self.stopping: str | None = None  # None, "graceful" or "fast"
         # A graceful stop's drain: until then the workers serve on while health says 503.
@@ -284,7 +310,7 @@ class Supervisor:
 
     @classmethod
     def from_settings(cls, settings: Settings, jitter: Any = None) -> Supervisor:
-        return cls(
+        supervisor = cls(
             settings.workers,
             settings.timeout,
             settings.boot_timeout,
@@ -294,6 +320,8 @@ class Supervisor:
             jitter=jitter,
             drain_delay=settings.drain_delay,
         )
+        supervisor.set_actors(settings.actors)
+        return supervisor
 
     # The settings the rules read, by name.
     @property
@@ -328,7 +356,9 @@ class Supervisor:
     # -- what happened --------------------------------------------------------------
 
     def spawned(self, worker_id: int, pid: int) -> None:
-        self.workers[worker_id].pid = pid
+        record = self._record(worker_id)
+        if record is not None:
+            record.pid = pid
 
     def fork_failed(self, worker_id: int, error: str, now: float) -> Exited | None:
         """The fork itself failed (EAGAIN, ENOMEM): a failed boot like any other."""
@@ -337,19 +367,22 @@ class Supervisor:
 
     def boot_error(self, worker_id: int, error: str) -> None:
         """A worker says why it cannot boot: the arbiter prints it if it gives up."""
-        if worker_id in self.workers:
+        if worker_id in self.actors:
+            self._actor_state(worker_id).last_error = error
+        elif worker_id in self.workers:
             self.last_error = error
 
     def ready(self, worker_id: int, now: float) -> None:
-        worker = self.workers.get(worker_id)
+        worker = self._record(worker_id)
         if worker is None or worker.phase is not Phase.BOOTING:
             return
         worker.to(Phase.READY)
         worker.ready_at = worker.last_beat = now
-        self.ever_ready = True
+        if worker.actor is None:  # an actor serving says nothing of the app's workers
+            self.ever_ready = True
 
     def heartbeat(self, worker_id: int, stats: dict[str, Any], now: float) -> None:
-        worker = self.workers.get(worker_id)
+        worker = self._record(worker_id)
         if worker is not None and worker.alive:
             worker.last_beat = now
             worker.stats = stats
@@ -364,7 +397,7 @@ class Supervisor:
 
     def undeliverable(self, worker_id: int, now: float) -> list[Kill]:
         """A stop could not be sent over IPC (the channel is gone): TERM it now."""
-        worker = self.workers.get(worker_id)
+        worker = self._record(worker_id)
         if worker is None or worker.phase is not Phase.STOPPING:
             return []
         return [self._escalate_now(worker, now, "cannot reach it over IPC")]
@@ -372,6 +405,8 @@ class Supervisor:
     def exited(self, worker_id: int, code: int | None, now: float) -> Exited | None:
         """A worker is gone: classify its death; a crash soon after boot is a boot
         failure (backoff, maybe a stopped rollout, maybe giving up)."""
+        if worker_id in self.actors:
+            return self._actor_exited(worker_id, code, now)
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return None
@@ -417,6 +452,7 @@ class Supervisor:
             if settings.workers != self.settings.workers:
                 self.scale(settings.workers)
             self.settings = settings
+            self.set_actors(settings.actors)
         self.generation += 1
         self.replacement_blocked_generation = None
         self.boot_failures = 0
@@ -476,6 +512,7 @@ class Supervisor:
             return [*actions, exit_action]
         actions.extend(self._spawn(now))
         actions.extend(self._retire_excess(now))
+        actions.extend(self._decide_actors(now))
         return actions
 
     def _by_phase(self, *phases: Phase) -> list[WorkerRecord]:
@@ -607,7 +644,7 @@ class Supervisor:
 
     def _escalate(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for worker in list(self.workers.values()):
+        for worker in [*self.workers.values(), *self.actors.values()]:
             overdue = self._overdue(worker, now)
             if overdue is not None:
                 reason, detail = overdue
@@ -632,10 +669,10 @@ class Supervisor:
             return actions  # the drain delay: everyone serves on, health says 503
         if self.stop_began is None:
             self.stop_began = now
-        for worker in self._by_phase(Phase.BOOTING, *SERVING):
+        for worker in self._every(Phase.BOOTING, *SERVING):
             actions.append(self._stop(worker, graceful, now, Reason.ARBITER_STOPPING))
         if not graceful:
-            for worker in self._by_phase(Phase.STOPPING):
+            for worker in self._every(Phase.STOPPING):
                 if worker.graceful:
                     # Draining, and now asked to stop fast (a second Ctrl-C): cut it short.
                     worker.graceful = False
@@ -643,7 +680,7 @@ class Supervisor:
                     if worker.deadline is None or worker.deadline > deadline:
                         worker.deadline = deadline
                     actions.append(Stop(worker, False, 0.0, "fast stop"))
-        if not self.workers:
+        if not self.workers and not self.actors:
             actions.append(Exit(EXIT_OK, "stopped"))
         return actions
 
@@ -654,3 +691,109 @@ class Supervisor:
         for worker in self.workers.values():
             result[worker.phase.value] += 1
         return result
+
+    # -- supervised actors ----------------------------------------------------------------
+    #
+    # An actor (``--actor NAME=MODULE:CALLABLE``) is one process that serves no sockets. Its
+    # record is a WorkerRecord (``actor`` set) with the same lifecycle table and escalation: a
+    # boot timeout, the heartbeat timeout, TERM then KILL, a graceful stop on the arbiter's.
+    # Its own rules: there is exactly one process per name, so a reload (HUP) stops the old
+    # generation's process first and starts the new one once it is gone (two schedulers must
+    # never run at once); a crash soon after boot backs off per actor (0.5 s doubling to 10 s)
+    # and is retried forever: an actor that cannot start is reported as failing, it never
+    # stops the arbiter or its workers.
+
+    def set_actors(self, names: tuple[str, ...] | list[str]) -> None:
+        """The actors to run (at start, and on a reload): new names start, removed ones stop."""
+        wanted = tuple(dict.fromkeys(names))
+        for name in wanted:
+            self.actor_states.setdefault(name, ActorState(name))
+        for name in list(self.actor_states):
+            state = self.actor_states[name]
+            if name not in wanted and state.record_id is None:
+                del self.actor_states[name]
+        if self.settings.actors != wanted:
+            self.settings = replace(self.settings, actors=wanted)
+
+    def _record(self, record_id: int) -> WorkerRecord | None:
+        """The live worker or actor ``record_id``."""
+        return self.workers.get(record_id) or self.actors.get(record_id)
+
+    def _actor_state(self, record_id: int) -> ActorState:
+        name = self.actors[record_id].actor
+        assert name is not None
+        return self.actor_states.setdefault(name, ActorState(name))
+
+    def _every(self, *phases: Phase) -> list[WorkerRecord]:
+        """Workers, then actors, in ``phases``."""
+        actors = sorted((a for a in self.actors.values() if a.phase in phases), key=lambda a: a.id)
+        return [*self._by_phase(*phases), *actors]
+
+    def _decide_actors(self, now: float) -> list[Action]:
+        """Start each missing actor (after its backoff); stop those of an old generation or
+        no longer wanted; forgive the failures of one that has served for STABLE_AFTER."""
+        actions: list[Action] = []
+        for name, state in list(self.actor_states.items()):
+            record = self.actors.get(state.record_id) if state.record_id is not None else None
+            wanted = name in self.settings.actors
+            if record is None:
+                if not wanted:
+                    del self.actor_states[name]
+                elif now >= state.next_spawn_at:
+                    self._ids += 1
+                    record = WorkerRecord(self._ids, self.generation, now, actor=name)
+                    self.actors[record.id] = record
+                    state.record_id = record.id
+                    actions.append(Spawn(record))
+                continue
+            if record.phase in (Phase.BOOTING, *SERVING):
+                if not wanted:
+                    actions.append(self._stop(record, True, now, Reason.SCALE_DOWN))
+                elif record.generation != self.generation:
+                    actions.append(self._stop(record, True, now, Reason.RELOAD))
+                elif record.ready_at is not None and now - record.ready_at >= STABLE_AFTER:
+                    state.failures = 0
+        return actions
+
+    def _actor_exited(self, record_id: int, code: int | None, now: float) -> Exited:
+        """An actor is gone: asked to (no backoff), or a crash (backoff when it crashed soon
+        after boot). It is started again by ``_decide_actors`` unless the arbiter stops."""
+        record = self.actors.pop(record_id)
+        state = self.actor_states.get(record.actor or "")
+        record.phase = Phase.DEAD
+        record.exit_code = code
+        if code == WORKER_BOOT_ERROR:
+            record.why(Reason.BOOT_FAILED)
+        record.why(Reason.CRASHED, f"exited with {code}")
+        assert record.reason is not None
+        expected = record.reason.asked or bool(self.stopping)
+        if state is not None:
+            state.record_id = None
+            if not expected:
+                state.restarts += 1
+                crashed_early = record.ready_at is None or now - record.ready_at < STABLE_AFTER
+                state.failures = state.failures + 1 if crashed_early else 0
+                state.next_spawn_at = now + _backoff(state.failures)
+        return Exited(record, expected=expected, rollout_stopped=False)
+
+    def actor_report(self, now: float) -> list[dict[str, Any]]:
+        """Each actor for ``stats``: its process, phase, restarts, and whether it is failing
+        (crashing at boot, waiting out a backoff), with the last error it gave."""
+        report = []
+        for name, state in sorted(self.actor_states.items()):
+            record = self.actors.get(state.record_id) if state.record_id is not None else None
+            report.append(
+                {
+                    "name": name,
+                    "id": record.id if record else None,
+                    "pid": record.pid if record else None,
+                    "phase": record.phase.value if record else "dead",
+                    "generation": record.generation if record else None,
+                    "restarts": state.restarts,
+                    "failing": state.failures > 0,
+                    "failures": state.failures,
+                    "last_error": state.last_error,
+                    "next_start_in": max(0.0, state.next_spawn_at - now) if not record else 0.0,
+                }
+            )
+        return report

@@ -23,6 +23,8 @@ from functools import partial
 from typing import Any
 
 from .. import ipc
+from ..ipc.actor import set_actor
+from ..ipc.commands import ActorKind
 from ..ops.binds import BindSpec, bind_socket, describe
 from ..ops.config import Config
 from ..ops.logs import reopen_log_files
@@ -122,7 +124,9 @@ def run_worker(spec: WorkerSpec) -> None:
 
 
 class Worker:
-    """One worker's servers, heartbeat and IPC."""
+    """One worker's servers, heartbeat and IPC; the process's actor (``worker:ID``)."""
+
+    kind: ActorKind = "worker"
 
     def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
         self.spec = spec
@@ -140,6 +144,27 @@ class Worker:
         self._beat: asyncio.TimerHandle | None = None
         self._retiring = False
 
+    @property
+    def id(self) -> int:
+        return self.spec.id
+
+    @property
+    def name(self) -> str:
+        return f"worker:{self.spec.id}"
+
+    def info(self) -> dict[str, Any]:
+        """The actor's identity and stats (the ``info`` command)."""
+        return {"name": self.name, "kind": self.kind, **self.stats()}
+
+    async def _route(
+        self, target: str, name: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        """``send()`` from this worker: the arbiter routes it."""
+        if self.channel is None:
+            raise ipc.ChannelClosed("no channel to the arbiter")
+        answers: dict[str, dict[str, Any]] = await self.channel.route(target, name, args, timeout)
+        return answers
+
     async def main(self) -> int:
         self.channel = await ipc.Channel.connect(
             self.spec.channel,
@@ -147,7 +172,9 @@ class Worker:
             self.loop,
             on_command=self._run_command,
             receiving=ipc.Direction.TO_WORKER,
+            max_commands=self.cfg.max_commands,
         )
+        set_actor(self, self._route)
         self.loop.add_signal_handler(signal.SIGTERM, self.stop, True, None)
         self.channel.closed.add_done_callback(self._arbiter_gone)
         try:
