@@ -32,6 +32,15 @@ from ..ops.binds import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
 from ..ops.config import Config, ConfigError, load_config, unreloadable_changes
 from ..ops.control import ControlServer
 from ..ops.logs import reopen_log_files, setup_logging
+from ..ops.metrics import Folded, MetricsServer, Snapshot, WorkerSample
+from ..ops.systemd import (
+    METRICS_FD_NAME,
+    Notifier,
+    inherited_sockets,
+    monotonic_usec,
+    spec_of,
+    watchdog_interval,
+)
 from .actor import ActorProcessSpec, run_actor
 from .apps import AppError, import_app
 from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR
@@ -50,6 +59,7 @@ from .supervisor import (
     Supervisor,
     WorkerRecord,
 )
+from .upgrade import Upgrade, oldbin, take_ready_pipe, tell_ready
 from .worker import WorkerSpec, run_worker
 
 __all__ = ["Arbiter"]
@@ -108,6 +118,18 @@ class Arbiter:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._context = multiprocess.get_context("fork")
+        # Operations (issue 12): health and metrics, systemd, USR2.
+        self.folded = Folded()  # dead workers' counters: totals never go backwards
+        self.metrics_sock: socket.socket | None = None
+        self.metrics: MetricsServer | None = None
+        self.notifier = Notifier()
+        self._watchdog = watchdog_interval()
+        self._last_watchdog = 0.0
+        self._status = ""
+        self._announced = False  # READY=1 sent for the current generation
+        self.upgrade: Upgrade | None = None  # a new arbiter we started (USR2)
+        self.handing_over = False  # a new arbiter serves: drain, leave the sockets be
+        self.ready_pipe = take_ready_pipe()  # we are the new arbiter of a USR2
 
     @staticmethod
     def _supervisor(cfg: Config) -> Supervisor:
@@ -160,15 +182,39 @@ class Arbiter:
 
     def _remove_pid_file(self) -> None:
         if self.cfg.pid:
+            path = oldbin(self.cfg.pid) if self.handing_over else self.cfg.pid
             with contextlib.suppress(OSError):
-                with open(self.cfg.pid) as file:
+                with open(path) as file:
                     if int(file.read().strip() or 0) != self.pid:
                         return
-                os.unlink(self.cfg.pid)
+                os.unlink(path)
+
+    def _adopt_inherited(self) -> bool:
+        """Serve the sockets systemd or an old arbiter (USR2) passed us, if any."""
+        try:
+            inherited = inherited_sockets()
+        except ValueError as exc:
+            raise OSError(str(exc)) from None
+        for item in inherited:
+            if item.name == METRICS_FD_NAME:
+                self.metrics_sock = item.sock
+                continue
+            self.sockets.append((spec_of(item.sock), item.sock))
+            named = f" ({item.name})" if item.name else ""
+            LOGGER.info("listening on %s%s, from %s", describe(item.sock), named, item.source)
+        if inherited and self.cfg.reuse_port:
+            LOGGER.warning("--reuse-port is ignored with inherited sockets")
+            self.cfg = self.cfg.replace(reuse_port=False)
+        return bool(self.sockets)
 
     def _bind(self) -> None:
+        inherited = self._adopt_inherited()
+        if self.metrics_sock is None and self.cfg.metrics_bind is not None:
+            self.metrics_sock = bind_socket(self.cfg.metrics_bind, 64)
+            self.metrics_sock.set_inheritable(False)
+            LOGGER.info("health and metrics on http://%s", describe(self.metrics_sock)[6:])
         reuse_port = self.cfg.reuse_port
-        for spec in self.cfg.bind:
+        for spec in () if inherited else self.cfg.bind:
             own = reuse_port and spec.kind == "tcp"
             sock = bind_socket(spec, self.cfg.backlog, reuse_port=own)
             if own:
@@ -189,9 +235,12 @@ class Arbiter:
         LOGGER.info("arbiter %d serving %s with %d workers", self.pid, app, self.cfg.workers)
 
     def _close_sockets(self) -> None:
+        if self.metrics_sock is not None:
+            self.metrics_sock.close()
+            self.metrics_sock = None
         for spec, sock in self.sockets:
             sock.close()
-            if spec.kind == "unix" and spec.path:
+            if spec.kind == "unix" and spec.path and not self.handing_over:
                 with contextlib.suppress(OSError):
                     os.unlink(spec.path)
         self.sockets = []
@@ -209,6 +258,8 @@ class Arbiter:
         they stopped accepting (an accept on a shut-down socket fails in a loop).
         """
         self._listeners_shut = True
+        if self.handing_over:  # the new arbiter's workers accept on these sockets
+            return
         for spec, sock in self.sockets:
             if spec.kind == "udp" or (self.cfg.reuse_port and spec.kind == "tcp"):
                 continue
@@ -219,6 +270,9 @@ class Arbiter:
     def _check_listeners(self, now: float) -> None:
         if self._listeners_shut or self._stop_began is None:
             return
+        if self.sup.stop_began is None:  # --drain-delay: the workers still serve
+            return
+        self._stop_began = max(self._stop_began, self.sup.stop_began)
         accepting = [
             w for w in self.sup.workers.values() if w.pid and w.id not in self.not_accepting
         ]
@@ -237,6 +291,7 @@ class Arbiter:
         except OSError as exc:
             LOGGER.warning("control socket disabled: %s", exc)
             self.control = None
+        await self.start_metrics()
         while True:
             self._handle_signals()
             if self.pid == 1:
@@ -247,6 +302,7 @@ class Arbiter:
                     return self._exit(action)
                 self._apply(action)
             self._check_listeners(now)
+            self._operations(now)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK)
@@ -277,6 +333,12 @@ class Arbiter:
             channel.abort()
         if self.control is not None:
             await self.control.close()
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.upgrade is not None:  # we are stopping: the new arbiter goes too
+            self.upgrade.poll(float("inf"))
+            self.upgrade.close()
+        self.notifier.close()
         await asyncio.sleep(0)
 
     def wake(self) -> None:
@@ -302,9 +364,12 @@ class Arbiter:
                 handler(self)
 
     def stop(self, graceful: bool = True) -> None:
+        now = time.monotonic()
         if self._stop_began is None:
-            self._stop_began = time.monotonic()
-        self.sup.stop(graceful)
+            self._stop_began = now
+            if not self.handing_over:
+                self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        self.sup.stop(graceful, now, drain=not self.handing_over)
         self.wake()
 
     def _reap_orphans(self) -> None:
@@ -341,6 +406,8 @@ class Arbiter:
                 return f"refused: {exc}"
         self.cfg, self.app = cfg, app
         self.sup.reload(_settings(cfg))
+        self._announced = False
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
         LOGGER.info("reload: rolling to generation %d", self.sup.generation)
         self.wake()
         return f"rolling to generation {self.sup.generation}"
@@ -449,6 +516,15 @@ class Arbiter:
         fds = [parent_end.fileno(), *(s.fileno() for s in self.channel_socks.values())]
         if self.control is not None:
             fds.extend(self.control.filenos())
+        if self.metrics is not None:
+            fds.extend(self.metrics.filenos())
+        if self.metrics_sock is not None:
+            fds.append(self.metrics_sock.fileno())
+        fds.append(self.notifier.fileno())
+        if self.upgrade is not None:
+            fds.append(self.upgrade.pipe)
+        if self.ready_pipe is not None:
+            fds.append(self.ready_pipe)
         fds.extend(loop_fds(self._loop))
         return [fd for fd in fds if fd >= 0]
 
@@ -550,6 +626,7 @@ class Arbiter:
             return
         worker = exited.worker
         self.dead_requests += _count(worker.stats, "requests")
+        self.folded.fold(worker.stats)
         LOGGER.log(
             logging.INFO if exited.expected else logging.WARNING,
             "%s (pid %s) exited with %s (%s)",
@@ -640,6 +717,141 @@ class Arbiter:
         return await self.route(
             msg["target"], msg["name"], msg["args"], msg["timeout"], from_child=True
         )
+
+    # -- operations: health and metrics, systemd, USR2 (issue 12) ----------------------
+
+    async def start_metrics(self) -> None:
+        if self.metrics_sock is None:
+            return
+        self.metrics = MetricsServer(self.metrics_sock, self.metrics_snapshot, self.sup.health)
+        await self.metrics.start()
+
+    def metrics_snapshot(self) -> Snapshot:
+        """What /metrics shows, from the heartbeats and records: no worker is asked."""
+        now = time.monotonic()
+        workers = [
+            WorkerSample(
+                id=w.id,
+                pid=w.pid,
+                phase=w.phase.value,
+                generation=w.generation,
+                stats=w.stats,
+                heartbeat_age=now - (w.last_beat or w.started_at),
+                rss=int(_process_usage(w.pid)["rss"]) if w.pid else 0,
+            )
+            for w in sorted(self.sup.workers.values(), key=lambda w: w.id)
+        ]
+        return Snapshot(
+            workers=workers,
+            folded=self.folded,
+            exits_by_reason={r.value: n for r, n in self.sup.exits_by_reason.items()},
+            spawned=self.spawned,
+            desired=self.sup.desired,
+            generation=self.sup.generation,
+            healthy=self.sup.health()[0],
+            phases=self.sup.counts(),
+        )
+
+    def _operations(self, now: float) -> None:
+        """After each decision: tell systemd what changed, follow a USR2 hand-over."""
+        if not self._announced and self.sup.rollout_done():
+            self._announced = True
+            self._serving()
+        elif not self._announced and self.sup.replacement_blocked_generation is not None:
+            self._announced = True  # a stopped rollout: the old generation serves on
+            self.notifier.notify("READY=1", "STATUS=reload failed: the old workers serve on")
+        counts = self.sup.counts()
+        status = f"STATUS={counts['ready']}/{self.sup.desired} workers ready"
+        if self.sup.stopping:
+            status = f"STATUS=stopping: {sum(counts.values())} workers left"
+        if status != self._status:
+            self._status = status
+            self.notifier.notify(status)
+        if self._watchdog is not None and now - self._last_watchdog >= self._watchdog:
+            self._last_watchdog = now
+            self.notifier.notify("WATCHDOG=1")
+        if self.upgrade is not None:
+            self._follow_upgrade(now)
+
+    def _serving(self) -> None:
+        """The current generation serves: READY=1; a new arbiter of a USR2 says so."""
+        lines = ["READY=1"]
+        if self.ready_pipe is not None:
+            lines.append(f"MAINPID={self.pid}")
+            tell_ready(self.ready_pipe)
+            self.ready_pipe = None
+            LOGGER.info("arbiter %d serves: the old arbiter hands over", self.pid)
+        self.notifier.notify(*lines)
+
+    def start_upgrade(self) -> None:
+        """USR2: start a new arbiter (new code) on our sockets; it takes over once ready."""
+        if self.upgrade is not None or self.sup.stopping:
+            LOGGER.warning("USR2 ignored: %s", "an upgrade runs" if self.upgrade else "stopping")
+            return
+        if self.cfg.reuse_port:
+            LOGGER.error("USR2 refused: --reuse-port sockets are per worker, not inheritable")
+            return
+        named = [("bind", sock) for _, sock in self.sockets]
+        if self.metrics_sock is not None:
+            named.append((METRICS_FD_NAME, self.metrics_sock))
+        if self.cfg.pid:
+            with contextlib.suppress(OSError):
+                os.replace(self.cfg.pid, oldbin(self.cfg.pid))
+        self._close_control()  # the new arbiter takes the control socket's path
+        deadline = time.monotonic() + self.cfg.boot_timeout + STATS_TIMEOUT * 10
+        try:
+            self.upgrade = Upgrade.start(self.argv, named, deadline)
+        except OSError as exc:
+            self._upgrade_failed(f"it could not be started: {exc}")
+            return
+        assert self._loop is not None
+        self._loop.add_reader(self.upgrade.pipe, self.wake)
+        LOGGER.info("USR2: started a new arbiter (pid %d) on our sockets", self.upgrade.pid)
+
+    def _follow_upgrade(self, now: float) -> None:
+        assert self.upgrade is not None and self._loop is not None
+        result = self.upgrade.poll(now)
+        if result is None:
+            return
+        upgrade, self.upgrade = self.upgrade, None
+        self._loop.remove_reader(upgrade.pipe)
+        upgrade.close()
+        ready, why = result
+        if not ready:
+            self._upgrade_failed(why)
+            return
+        LOGGER.info("USR2: the new arbiter (pid %d) serves; handing over and exiting", upgrade.pid)
+        self.notifier.notify(f"MAINPID={upgrade.pid}")
+        self.handing_over = True
+        self.stop(True)
+
+    def _upgrade_failed(self, why: str) -> None:
+        LOGGER.error(
+            "USR2: the new arbiter failed to start (%s); this arbiter (pid %d) serves on",
+            why,
+            self.pid,
+        )
+        if self.cfg.pid:
+            with contextlib.suppress(OSError):
+                os.replace(oldbin(self.cfg.pid), self.cfg.pid)
+        assert self._loop is not None
+        self._loop.create_task(self._reopen_control()).add_done_callback(_log_failure)
+
+    def _close_control(self) -> None:
+        if self.control is not None:
+            assert self._loop is not None
+            control, self.control = self.control, None
+            self._loop.create_task(control.close()).add_done_callback(_log_failure)
+
+    async def _reopen_control(self) -> None:
+        await asyncio.sleep(0)  # the closing task ran first
+        control = ControlServer(self.cfg.control_socket_path, self)
+        try:
+            await control.start()
+        except OSError as exc:
+            LOGGER.warning("control socket disabled: %s", exc)
+            return
+        self.control = control
 
     # -- stats ------------------------------------------------------------------------
 
@@ -738,6 +950,7 @@ def _settings(cfg: Config) -> Settings:
         graceful_timeout=cfg.graceful_timeout,
         max_requests=cfg.max_requests,
         max_requests_jitter=cfg.max_requests_jitter,
+        drain_delay=cfg.drain_delay,
         actors=tuple(actor.name for actor in cfg.actor),
     )
 
@@ -795,6 +1008,7 @@ SIGNAL_HANDLERS: dict[int, Callable[[Arbiter], Any]] = {
     signal.SIGTTIN: lambda arbiter: arbiter.scale(arbiter.sup.desired + 1),
     signal.SIGTTOU: lambda arbiter: arbiter.scale(arbiter.sup.desired - 1),
     signal.SIGUSR1: lambda arbiter: arbiter.reopen_logs(),
+    signal.SIGUSR2: lambda arbiter: arbiter.start_upgrade(),
     # Workers are reaped through their sentinels; as PID 1 the main loop reaps orphans.
     signal.SIGCHLD: lambda arbiter: None,
 }

@@ -20,6 +20,7 @@ ARBITER_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGUSR1,
+    signal.SIGUSR2,
     signal.SIGCHLD,
 )
 #: Signals a worker ignores: a Ctrl-C or a job-control signal sent to the whole process

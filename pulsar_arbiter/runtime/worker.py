@@ -33,6 +33,7 @@ from .apps import AppError, Factories, build_factories
 from .exits import WORKER_BOOT_ERROR
 from .handoff import HandoffReceiver, HandoffSender
 from .spawn import reset_after_fork
+from .traffic import Traffic, tcp_bytes
 
 __all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
 
@@ -143,6 +144,8 @@ class Worker:
         self._receiver: HandoffReceiver | None = None
         self._beat: asyncio.TimerHandle | None = None
         self._retiring = False
+        self.traffic = Traffic()  # bytes and request durations, for the heartbeat
+        self.commands = 0  # commands handled, for the heartbeat
 
     @property
     def id(self) -> int:
@@ -274,10 +277,17 @@ class Worker:
             LOGGER.error("closing a handed-over connection for unknown bind %d", bind)
             sock.close()
             return
+        baseline = tcp_bytes(sock)  # counted by the worker that handed it over
         task = self.loop.create_task(server.adopt(sock))
         task.add_done_callback(partial(_adopted, sock))
+        task.add_done_callback(partial(self._count_adopted, baseline))
+
+    def _count_adopted(self, baseline: tuple[int, int], task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.traffic.adopted(task.result(), baseline)
 
     def _watch(self, server: TcpServer | DatagramServer) -> None:
+        self.traffic.watch(server, http=self.cfg.wsgi or self.cfg.http)
         server.bind_event("max_requests", self._max_requests)
         if self.cfg.access_log:
             server.bind_event("post_request", _access_log)
@@ -308,6 +318,8 @@ class Worker:
             "sessions": sum(s.sessions for s in self.servers),
             "max_requests": self.spec.max_requests,
             "retiring": self._retiring,
+            "commands": self.commands,
+            **self.traffic.stats(self.tcp_servers.values()),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -376,6 +388,7 @@ class Worker:
 
     async def _run_command(self, name: str, args: dict[str, Any]) -> Any:
         """A command from the arbiter (``command`` or ``notify``), through the registry."""
+        self.commands += 1
         return await ipc.COMMANDS.call(self, "worker", name, args)
 
 
