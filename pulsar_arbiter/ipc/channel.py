@@ -286,6 +286,7 @@ class Channel:
             result, error, error_type = None, str(exc), exc.type
         except asyncio.TimeoutError:  # the caller gave up: so do we
             result, error = None, f"{name}: no answer within {msg['timeout']:g}s"
+            error_type = "TimeoutError"
         except Exception as exc:  # a bug of the dispatcher's: answer, serve on
             logger.exception("IPC command %.80r failed", name)
             result, error = None, f"internal error: {type(exc).__name__}: {exc}"

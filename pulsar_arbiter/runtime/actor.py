@@ -108,7 +108,14 @@ class ActorProcess:
 
     def info(self) -> dict[str, Any]:
         """The actor's identity and stats (the ``info`` command)."""
-        return {"name": self.name, "kind": self.kind, **self.stats()}
+        channel = self.channel
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            **self.stats(),
+            "commands_running": channel.running if channel is not None else 0,
+            "calls_pending": channel.pending if channel is not None else 0,
+        }
 
     def stats(self) -> dict[str, Any]:
         return {

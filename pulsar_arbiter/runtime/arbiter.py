@@ -658,6 +658,9 @@ class Arbiter:
             "uptime": time.monotonic() - self.started,
             "workers": self.sup.counts(),
             "actors": [a["name"] for a in self.sup.actor_report(time.monotonic())],
+            # Calls of ours awaiting a child's answer, and children's calls running here.
+            "calls_pending": sum(c.pending for c in self.channels.values()),
+            "commands_running": sum(c.running for c in self.channels.values()),
         }
 
     def live_workers(self) -> list[dict[str, Any]]:
