@@ -49,9 +49,15 @@ from .chunked import ChunkedDecoder
 from .errors import PeerError
 from .limits import DEFAULT_LIMITS, LINGER_SECONDS, Limits
 from .request import HttpRequest
-from .rules import FORBIDDEN_TRAILERS, target_error, transfer_coding_error, valid_host
+from .rules import (
+    FORBIDDEN_TRAILERS,
+    KNOWN_HOSTS,
+    target_error,
+    transfer_coding_error,
+    valid_host,
+)
 from .state import BODY, CLOSING, HEAD, IDLE, LINGERING, UPGRADED, Input, State, next_state
-from .wire import CONTINUE, METHODS, SPECIAL_BY_LENGTH, error_response
+from .wire import CONTINUE, HOST, METHODS, SPECIAL_BY_LENGTH, error_response
 
 if TYPE_CHECKING:
     from .consumer import HttpConsumer
@@ -183,7 +189,10 @@ class HttpConnection(Connection):
             self._check_headers(headers)
         special = SPECIAL_BY_LENGTH.get(len(name))
         if special is not None and name.lower() == special:
-            self._special_header(request, special, value)
+            if special is HOST and request.host is None and value in KNOWN_HOSTS:
+                request.host = value  # the usual Host: the first, a value seen before
+            else:
+                self._special_header(request, special, value)
 
     def _check_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Limits on a field, the count and the total; the total is only kept past the
@@ -256,7 +265,7 @@ class HttpConnection(Connection):
         else:
             self._check_version(request)
         target = request.target
-        if target[:1] != b"/" or b"#" in target or method == b"CONNECT":
+        if target[0] != 47 or b"#" in target or method == b"CONNECT":  # 47: "/"
             reason = target_error(method, target)
             if reason is not None:
                 raise self._reject(400, reason)
@@ -418,12 +427,11 @@ class HttpConnection(Connection):
             if self._parsing is None and data.find(b"\r\n\r\n") + 4 == len(data):
                 # The usual read: one whole head and nothing after it, so no body starts
                 # in it (a chunked one is read through its decoder, see _feed).
-                self._fed_from = 0
                 self._parser.feed_data(data)
             else:
                 self._feed(data)
         except HttpParserUpgrade as exc:
-            self._upgrade_requested(data[self._fed_from + exc.args[0] :])
+            self._upgrade_requested(data[exc.args[0] :])
         except HttpParserError as exc:
             self._parse_failed(exc)
         except PeerError as exc:  # the chunked framing
@@ -456,34 +464,40 @@ class HttpConnection(Connection):
         """
         parser = self._parser
         end = len(data)
-        pos = 0
         try:
-            while pos < end:
-                request = self._parsing
-                if request is None and self.state > BODY:
-                    # Nothing more is read (closing, or after an upgrade): the parser
-                    # refuses the next request, as it would have in one slice.
-                    self._fed_from = pos
-                    parser.feed_data(data[pos:])
-                    return
-                chunks = self._chunks
-                if chunks is not None:
-                    out, stop = chunks.feed(data, pos)
-                    # The body ends at ``stop``: an upgrade's offset is all of ``out``.
-                    self._fed_from = stop - len(out)
-                    if out:
-                        parser.feed_data(out)
-                    pos = stop
-                    continue
-                if request is not None and self.state is not HEAD and request.content_length:
-                    stop = min(end, pos + request.content_length - request._body_size)
-                else:
-                    stop = self._head_end(data, pos, request)
-                self._fed_from = pos
-                parser.feed_data(data[pos:stop] if pos or stop < end else data)
-                pos = stop
+            self._feed_slices(parser, data, end)
+        except HttpParserUpgrade as exc:
+            # The parser's offset is in the slice it was given: make it one in ``data``.
+            raise HttpParserUpgrade(self._fed_from + exc.args[0]) from None
         finally:
             self._head_tail = data[-3:]
+
+    def _feed_slices(self, parser: HttpRequestParser, data: bytes, end: int) -> None:
+        pos = 0
+        while pos < end:
+            request = self._parsing
+            if request is None and self.state > BODY:
+                # Nothing more is read (closing, or after an upgrade): the parser
+                # refuses the next request, as it would have in one slice.
+                self._fed_from = pos
+                parser.feed_data(data[pos:])
+                return
+            chunks = self._chunks
+            if chunks is not None:
+                out, stop = chunks.feed(data, pos)
+                # The body ends at ``stop``: an upgrade's offset is all of ``out``.
+                self._fed_from = stop - len(out)
+                if out:
+                    parser.feed_data(out)
+                pos = stop
+                continue
+            if request is not None and self.state is not HEAD and request.content_length:
+                stop = min(end, pos + request.content_length - request._body_size)
+            else:
+                stop = self._head_end(data, pos, request)
+            self._fed_from = pos
+            parser.feed_data(data[pos:stop] if pos or stop < end else data)
+            pos = stop
 
     def _head_end(self, data: bytes, pos: int, request: HttpRequest | None) -> int:
         """Where the head read from ``pos`` ends: after its blank line, or at the end."""

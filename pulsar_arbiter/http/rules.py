@@ -22,6 +22,7 @@ from httptools import HttpParserInvalidURLError, parse_url
 
 __all__ = [
     "FORBIDDEN_TRAILERS",
+    "KNOWN_HOSTS",
     "target_error",
     "transfer_coding_error",
     "valid_host",
@@ -39,7 +40,9 @@ _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*://([^/?]*)(.*)", re.DOTALL)
 # Host values already checked: a server sees a handful. Cleared when full, so a peer
 # sending a new value per request cannot grow it.
 HOST_CACHE_SIZE = 256
-_valid_hosts: set[bytes] = set()
+#: Host values already found valid (the connection looks a Host up here first).
+KNOWN_HOSTS: set[bytes] = set()
+_valid_hosts = KNOWN_HOSTS
 
 # RFC 9110, 6.5.1: a sender MUST NOT generate a trailer field unless it is allowed, and
 # fields that frame, route, modify, authenticate or control a request are not: dropped

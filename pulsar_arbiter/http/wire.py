@@ -20,6 +20,7 @@ __all__ = [
     "CONTINUE",
     "CRLF",
     "FRAMING_HEADERS",
+    "HOST",
     "METHODS",
     "SPECIAL_BY_LENGTH",
     "STATUS_LINES",
@@ -52,9 +53,10 @@ METHODS: dict[bytes, str] = {
 }
 
 # Request headers the connection itself looks at, by length: one dict lookup per header.
+HOST = b"host"
 SPECIAL_BY_LENGTH = {
     len(name): name
-    for name in (b"content-length", b"connection", b"expect", b"host", b"transfer-encoding")
+    for name in (b"content-length", b"connection", b"expect", HOST, b"transfer-encoding")
 }
 # Headers whose value the server computes: given by a raw handler they are replaced.
 FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date"))
