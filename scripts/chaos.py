@@ -58,7 +58,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -981,7 +981,7 @@ http {{
     scgi_temp_path {home}/scgi;
     keepalive_requests 1000000;
     upstream app {{
-        server {host}:{upstream};
+{servers}
         keepalive 64;
         keepalive_requests 1000000;
         # shorter than the server's --keep-alive ({keep_alive} s): nginx closes first
@@ -1015,9 +1015,12 @@ def nginx_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def nginx(home: Path, upstream: int, keep_alive: float) -> Iterator[tuple[int, Path]]:
-    """nginx on a free loopback port proxying to ``upstream``; yields (port, error log).
-    Stopped by pid (master, then its workers) on exit."""
+def nginx(
+    home: Path, upstream: int | Sequence[int], keep_alive: float, server_options: str = ""
+) -> Iterator[tuple[int, Path]]:
+    """nginx on a free loopback port proxying to ``upstream`` (one port, or several: one
+    upstream server each, with ``server_options`` such as ``max_fails=1``); yields (port,
+    error log). Stopped by pid (master, then its workers) on exit."""
     binary = nginx_binary()
     if binary is None:
         raise AssertionError("nginx is not installed (.ci/run installs nginx-light)")
@@ -1029,7 +1032,10 @@ def nginx(home: Path, upstream: int, keep_alive: float) -> Iterator[tuple[int, P
             home=home,
             host=HOST,
             port=port,
-            upstream=upstream,
+            servers="\n".join(
+                f"        server {HOST}:{up} {server_options};".replace(" ;", ";")
+                for up in ([upstream] if isinstance(upstream, int) else upstream)
+            ),
             keep_alive=keep_alive,
             upstream_timeout=max(1, int(keep_alive / 2)),
             user="user root;" if os.geteuid() == 0 else "",
