@@ -130,3 +130,15 @@ async def crash_at_boot(actor: Any) -> None:
 
 def not_async(actor: Any) -> None:
     return None
+
+
+@command
+async def oversize(actor: Any, *, size: int = 0, depth: int = 0) -> Any:
+    """``send()`` a value of ``size`` characters nested ``depth`` deep: the error, if any."""
+    value: Any = "x" * size
+    for _ in range(depth):
+        value = [value]
+    try:
+        return await send("arbiter", "echo", value=value)
+    except (TypeError, ValueError, CommandError) as exc:
+        return f"{type(exc).__name__}: {exc}"

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pulsar_arbiter.ops.control import request as control_request
 
-from .runtime import Arbiter, become_subreaper, live_children, report, wait_until, whoami
+from .runtime import REPO_ROOT, Arbiter, become_subreaper, live_children, report, wait_until, whoami
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -335,3 +337,85 @@ def _timed(port: int) -> float:
     start = time.perf_counter()
     whoami(port)
     return time.perf_counter() - start
+
+
+def test_the_scheduler_example(tmp_path: Path) -> None:
+    """examples/scheduler: one actor refreshes every worker's cache, over and over."""
+    with Arbiter(
+        tmp_path,
+        "app:handler",
+        "--http",
+        "--actor",
+        "scheduler=app:scheduler",
+        workers=2,
+        cwd=REPO_ROOT / "examples" / "scheduler",
+        env={"SCHEDULER_EVERY": "0.2"},
+    ) as arbiter:
+        arbiter.wait_serving()
+        wait_actor(arbiter, "scheduler")
+
+        def refreshed() -> bool:
+            answers = call(arbiter, "cached", "workers")
+            ticks = result(arbiter, "ticks", "actor:scheduler")
+            return (
+                len(answers) == 2
+                and ticks["count"] >= 3
+                and all(a["result"]["refreshed_at"] for a in answers.values())
+            )
+
+        wait_until(refreshed, 10.0, "every worker refreshed by the scheduler")
+
+
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+json_value = st.recursive(
+    json_leaf,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+    max_leaves=20,
+)
+TARGETS = ["arbiter", "workers", "actors", "worker:1", "worker:0", "worker:99", "actor:x", ""]
+targets = st.sampled_from(TARGETS) | st.text(max_size=30)
+NAMES = ["ping", "echo", "info", "stop", "reload", "scale", "hang", "relay"]
+names = st.sampled_from(NAMES) | st.text(max_size=120)
+keyword_args = st.dictionaries(st.text(max_size=10), json_value, max_size=3)
+
+
+def deep_text(depth: int) -> Any:
+    value: Any = ""
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_fuzzed_command_messages_never_crash_a_process(tmp_path: Path) -> None:
+    """Wrong types, huge, nested arguments, unknown targets and names: from outside (the
+    control socket) and from a worker (send()); every process serves on."""
+    with Arbiter(tmp_path, APP, workers=2) as arbiter:
+        arbiter.wait_serving()
+        pids = arbiter.worker_pids()
+
+        @settings(max_examples=60, deadline=None, database=None)
+        @given(name=names | json_value, to=targets | json_value, args=json_value)
+        def from_outside(name: Any, to: Any, args: Any) -> None:
+            payload = {"call": name, "to": to, "args": args, "timeout": 0.5}
+            answer = control_request(arbiter.control_socket, payload, 15.0)
+            assert isinstance(answer, dict) and ("answers" in answer or "error" in answer)
+
+        @settings(max_examples=60, deadline=None, database=None)
+        @given(name=names, to=targets, args=keyword_args)
+        def from_a_worker(name: str, to: str, args: dict[str, Any]) -> None:
+            if name in ("stop", "reload", "scale") and to == "arbiter":
+                return  # refused anyway; tested above
+            relayed = {"target": to, "name": name, "args": args, "timeout": 0.5}
+            answer = call(arbiter, "relay", "worker:1", relayed, timeout=20.0)["worker:1"]
+            assert "result" in answer or "error" in answer
+
+        from_outside()
+        from_a_worker()
+        big = result(arbiter, "oversize", "worker:1", {"size": 70_000})
+        assert big.startswith("ValueError") and "exceed the message limit" in big
+        assert result(arbiter, "oversize", "worker:1", {"depth": 20}) == deep_text(20)
+        for depth in (40, 10_000):
+            assert "Error" in result(arbiter, "oversize", "worker:1", {"depth": depth})
+        assert arbiter.worker_pids() == pids
+        assert arbiter.exited() is None
+        assert whoami(arbiter.port)
