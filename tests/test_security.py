@@ -289,8 +289,17 @@ def test_root_talks_to_another_users_arbiter_only_at_an_explicit_path(shared_tmp
     if pid == 0:  # pragma: no cover - the child: a real ControlServer run by nobody
 
         class Stub:
+            """Answers ``stats`` as an arbiter does, raw and routed (``ctl stats`` is a
+            call of the built-in now)."""
+
             async def stats(self) -> dict[str, object]:
                 return {"uid": os.geteuid()}
+
+            async def route(
+                self, target: str, name: str, args: dict[str, object], timeout: float
+            ) -> dict[str, dict[str, object]]:
+                assert (target, name) == ("arbiter", "stats")
+                return {"arbiter": {"result": await self.stats()}}
 
         try:
             os.close(read_end)
