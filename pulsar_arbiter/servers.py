@@ -23,6 +23,7 @@ from .protocols import (
     ProtocolFactory,
     PulsarProtocol,
 )
+from .proxyproto import proxy_protocol_gate
 
 __all__ = ["DatagramServer", "TcpServer"]
 
@@ -129,6 +130,9 @@ class TcpServer(_Server):
         self._accepting = False
         self._handoff: Handoff | None = None
         self.handoff_raw = False
+        #: Each connection first sends a PROXY protocol header (v1 or v2) naming its
+        #: client; one that does not is closed (see :mod:`pulsar_arbiter.proxyproto`).
+        self.proxy_protocol = False
 
     @property
     def connections(self) -> frozenset[PulsarProtocol]:
@@ -142,10 +146,13 @@ class TcpServer(_Server):
         if self._servers:
             raise RuntimeError(f"{self!r} is already serving")
         loop = self.loop
+        factory: Any = self.create_protocol
+        if self.proxy_protocol:
+            factory = proxy_protocol_gate(self.create_protocol)
         if self._sockets:
             for sock in self._sockets:
                 server = await loop.create_server(
-                    self.create_protocol, sock=sock, backlog=backlog, ssl=sslcontext
+                    factory, sock=sock, backlog=backlog, ssl=sslcontext
                 )
                 self._servers.append(server)
         else:
@@ -154,11 +161,11 @@ class TcpServer(_Server):
             host, port, path = _split_address(self._given_address)
             if path is not None:
                 bound = await loop.create_unix_server(
-                    self.create_protocol, path, backlog=backlog, ssl=sslcontext
+                    factory, path, backlog=backlog, ssl=sslcontext
                 )
             else:
                 bound = await loop.create_server(
-                    self.create_protocol, host, port or 0, backlog=backlog, ssl=sslcontext
+                    factory, host, port or 0, backlog=backlog, ssl=sslcontext
                 )
             self._servers.append(bound)
             # Socket-like views (asyncio TransportSocket, uvloop PseudoSocket).

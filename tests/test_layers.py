@@ -3,7 +3,8 @@
 Read with ``ast`` from the source, so a lazy import inside a function counts as much as one
 at the top of a module: a layer that needs another only "sometimes" still depends on it.
 
-    library (events, mixins, protocols, servers, clients, echo)   imports no other layer
+    library (events, mixins, protocols, servers, clients, echo,
+             proxyproto, forwarded)                              imports no other layer
     ipc                                                            imports nothing of ours
     http      -> library
     ops       -> ipc, http (the settings read the HTTP limits' defaults), the library
@@ -23,7 +24,7 @@ PACKAGE = "pulsar_arbiter"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 #: Layer of each top-level name in the package, and what each layer may import.
-LIBRARY = {"events", "mixins", "protocols", "servers", "clients", "echo"}
+LIBRARY = {"events", "mixins", "protocols", "servers", "clients", "echo", "proxyproto", "forwarded"}
 ALLOWED: dict[str, set[str]] = {
     "library": {"library"},
     "ipc": {"ipc"},
