@@ -189,6 +189,18 @@ class StubArbiter:
     def stop(self, graceful: bool = True) -> None:
         self.calls.append(("stop", graceful))
 
+    def live_workers(self) -> list[dict[str, Any]]:
+        return []
+
+    async def route(
+        self, target: str, name: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        """As the arbiter routes ``ctl call``: the arbiter's own commands only here."""
+        self.calls.append(("route", (target, name)))
+        if target != "arbiter":
+            return {}
+        return {"arbiter": {"result": await ipc.COMMANDS.call(self, "arbiter", name, args)}}
+
 
 class ServerThread:
     """A ControlServer on its own event loop in a thread."""
