@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 import resource
 import signal
 import sys
@@ -44,12 +45,51 @@ def raise_nofile_limit() -> tuple[int, int] | None:
     return soft, target
 
 
+def version_text() -> str:
+    """``--version``: ours, Python's, the event loop's and the core's (the library)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return (
+        f"{PROG} {of('pulsar-arbiter')} (Python {python}; uvloop {of('uvloop')}; "
+        f"core: httptools {of('httptools')}, watchfiles {of('watchfiles')})"
+    )
+
+
+def check_config(args: Sequence[str]) -> int:
+    """``--check-config``: validate the settings, import the app and the hooks; exit 0
+    when all is well, else 2 with the error on one line (as gunicorn users run in CI)."""
+    from .runtime.apps import AppError, build_factories
+    from .runtime.hooks import HookError, load_hooks
+
+    try:
+        cfg = load_config(args)
+        load_hooks(cfg.hooks)
+        build_factories(cfg)
+    except (ConfigError, AppError, HookError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{PROG}: the configuration is valid")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["ctl"]:
         from .ops.control import ctl_main
 
         return ctl_main(args[1:])
+    if "--version" in args:
+        print(version_text())
+        return 0
+    if "--check-config" in args:
+        return check_config([a for a in args if a != "--check-config"])
     # From here until the arbiter's handlers take over, a stop signal is recorded and
     # handed to the arbiter (a Ctrl-C while starting stops it, without a traceback).
     pending: list[int] = []

@@ -993,6 +993,7 @@ http {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+{location_options}
         }}
     }}
 }}
@@ -1016,7 +1017,11 @@ def nginx_binary() -> str | None:
 
 @contextlib.contextmanager
 def nginx(
-    home: Path, upstream: int | Sequence[int], keep_alive: float, server_options: str = ""
+    home: Path,
+    upstream: int | Sequence[int],
+    keep_alive: float,
+    server_options: str = "",
+    location_options: str = "",
 ) -> Iterator[tuple[int, Path]]:
     """nginx on a free loopback port proxying to ``upstream`` (one port, or several: one
     upstream server each, with ``server_options`` such as ``max_fails=1``); yields (port,
@@ -1039,6 +1044,7 @@ def nginx(
             keep_alive=keep_alive,
             upstream_timeout=max(1, int(keep_alive / 2)),
             user="user root;" if os.geteuid() == 0 else "",
+            location_options=location_options,
         )
     )
     error_log = home / "error.log"

@@ -56,6 +56,7 @@ class HttpRequest:
         "_codings",
         "body_stream",
         "chunked",
+        "client",
         "complete",
         "connection",
         "content_length",
@@ -64,6 +65,7 @@ class HttpRequest:
         "host",
         "keep_alive",
         "method",
+        "scheme",
         "simple",
         "target",
         "trailers",
@@ -73,6 +75,9 @@ class HttpRequest:
 
     def __init__(self, connection: HttpConnection) -> None:
         self.connection = connection
+        # The client and scheme a trusted proxy named (--proxy-headers), else None.
+        self.client: Any = None
+        self.scheme: str | None = None
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.host: bytes | None = None
@@ -114,8 +119,9 @@ class HttpRequest:
 
     @property
     def address(self) -> Any:
-        """The peer's address."""
-        return self.connection.address
+        """The peer's address: the client's, when a trusted proxy named it."""
+        client = self.client
+        return client if client is not None else self.connection.address
 
     @property
     def has_body(self) -> bool:

@@ -8,6 +8,7 @@ an exit-2 error and never a half-started server), creates the sockets with
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -54,18 +55,32 @@ class BindSpec:
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    #: Connections first send a PROXY protocol header (``proxy+tcp://``, ``proxy+unix:``).
+    proxy_protocol: bool = False
 
     def __str__(self) -> str:
+        prefix = "proxy+" if self.proxy_protocol else ""
         if self.kind == "unix":
-            return f"unix:{self.path}"
+            return f"{prefix}unix:{self.path}"
         host = self.host or ""
         if ":" in host:
             host = f"[{host}]"
-        return f"{self.kind}://{host}:{self.port}"
+        return f"{prefix}{self.kind}://{host}:{self.port}"
+
+
+PROXY_PREFIX = "proxy+"
 
 
 def parse_bind(text: str) -> BindSpec:
-    """Parse one ``--bind`` value; raise ValueError with a one-line message if invalid."""
+    """Parse one ``--bind`` value; raise ValueError with a one-line message if invalid.
+
+    ``proxy+`` before a stream bind (``proxy+tcp://HOST:PORT``, ``proxy+unix:PATH``)
+    requires a PROXY protocol header on its connections."""
+    if text.startswith(PROXY_PREFIX):
+        spec = parse_bind(text[len(PROXY_PREFIX) :])
+        if spec.kind == "udp" or spec.proxy_protocol:
+            raise ValueError(f"the PROXY protocol is for stream binds only, got {text!r}")
+        return dataclasses.replace(spec, proxy_protocol=True)
     if text.startswith("unix:"):
         return _parse_unix(text)
     kind: BindKind = "tcp"

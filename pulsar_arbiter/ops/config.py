@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 from ..ipc.commands import MAX_WORKERS
+from .accesslog import DEFAULT_ACCESS_FORMAT
 from .binds import BindSpec, parse_bind
 
 if sys.version_info >= (3, 11):
@@ -176,6 +177,53 @@ def app_ref(value: object) -> str:
     if not isinstance(value, str) or not _APP.fullmatch(value):
         raise ValueError(f"expected MODULE:ATTRIBUTE, e.g. myapp:Consumer, got {_got(value)}")
     return value
+
+
+_MODULE = re.compile(_DOTTED)
+
+
+def module_name(value: object) -> str:
+    if not isinstance(value, str) or not _MODULE.fullmatch(value):
+        raise ValueError(f"expected a module name, e.g. myhooks, got {_got(value)}")
+    return value
+
+
+def glob(value: object) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"expected a glob pattern, e.g. *.html, got {_got(value)}")
+    return value
+
+
+def strings(convert: Converter) -> Converter:
+    """A repeatable flag (or a TOML list) of ``convert``'s values, as a tuple."""
+
+    def convert_all(value: object) -> tuple[Any, ...]:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(convert(item) for item in items)
+
+    return convert_all
+
+
+def allow_list(value: object) -> str:
+    """Comma-separated IPs and CIDRs, or '*' (--forwarded-allow-ips)."""
+    from ..forwarded import AllowList
+
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(item) for item in value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected IPs or CIDRs separated by commas, got {_got(value)}")
+    text = AllowList(value).text
+    if not text:
+        raise ValueError(f"expected IPs or CIDRs separated by commas, or '*', got {_got(value)}")
+    return text
+
+
+def access_format(value: object) -> str:
+    from .accesslog import check_format
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected an access log format, got {_got(value)}")
+    return check_format(value)
 
 
 @dataclass(frozen=True)
@@ -432,6 +480,8 @@ def _http_limit(name: str) -> int:
 
 
 _SERVER = "server"
+_PROXY = "behind a proxy"
+_DEVELOPMENT = "development"
 _WORKERS = "workers"
 _PROCESS = "process"
 _LOGGING = "logging"
@@ -752,6 +802,100 @@ class Config:
         help="error log file, '-' for stderr",
         section=_LOGGING,
     )
+    access_log_format: str = setting(
+        "--access-log-format",
+        convert=access_format,
+        default=DEFAULT_ACCESS_FORMAT,
+        metavar="FORMAT",
+        help="access log line in gunicorn's atoms: %(h)s remote address, %(t)s time, "
+        '"%(r)s" request line, %(s)s status, %(b)s length, %(D)s microseconds, '
+        "%({header}i)s ... (README)",
+        section=_LOGGING,
+    )
+    log_format: Literal["text", "json"] = setting(
+        "--log-format",
+        convert=choice("text", "json"),
+        default="text",
+        metavar="FORMAT",
+        help="text, or json: one JSON object per line (access and error logs)",
+        section=_LOGGING,
+    )
+    hooks: str | None = setting(
+        "--hooks",
+        convert=optional(module_name),
+        metavar="MODULE",
+        reloadable=False,
+        help="module of server hooks with gunicorn's names (on_starting, when_ready, "
+        "post_fork, worker_exit, ...), run at gunicorn's points",
+        section=_PROCESS,
+    )
+    reload: bool = setting(
+        "--reload",
+        kind="flag",
+        convert=flag,
+        default=False,
+        reloadable=False,
+        help="development: roll the workers (as HUP does) when a source file changes",
+        section=_DEVELOPMENT,
+    )
+    reload_dir: tuple[str, ...] = setting(
+        "--reload-dir",
+        kind="append",
+        convert=strings(path),
+        default=(),
+        metavar="DIR",
+        reloadable=False,
+        help="with --reload, watch DIR instead of the current directory and the app's "
+        "package; repeatable",
+        section=_DEVELOPMENT,
+    )
+    reload_include: tuple[str, ...] = setting(
+        "--reload-include",
+        kind="append",
+        convert=strings(glob),
+        default=(),
+        metavar="GLOB",
+        reloadable=False,
+        help="with --reload, also watch files matching GLOB (*.py always); repeatable",
+        section=_DEVELOPMENT,
+    )
+    reload_exclude: tuple[str, ...] = setting(
+        "--reload-exclude",
+        kind="append",
+        convert=strings(glob),
+        default=(),
+        metavar="GLOB",
+        reloadable=False,
+        help="with --reload, ignore files matching GLOB; repeatable",
+        section=_DEVELOPMENT,
+    )
+    proxy_headers: bool = setting(
+        "--proxy-headers",
+        kind="flag",
+        convert=flag,
+        default=False,
+        help="take the client's address and scheme from X-Forwarded-For, "
+        "X-Forwarded-Proto and Forwarded sent by the peers of --forwarded-allow-ips",
+        section=_PROXY,
+    )
+    forwarded_allow_ips: str = setting(
+        "--forwarded-allow-ips",
+        convert=allow_list,
+        default="127.0.0.1",
+        metavar="IPS",
+        help="comma-separated IPs and CIDRs of the proxies trusted with --proxy-headers, or '*'",
+        section=_PROXY,
+    )
+    proxy_protocol: bool = setting(
+        "--proxy-protocol",
+        kind="flag",
+        convert=flag,
+        default=False,
+        reloadable=False,
+        help="every stream bind requires a PROXY protocol (v1 or v2) header, as HAProxy "
+        "send-proxy and cloud balancers send; one bind only: proxy+tcp://HOST:PORT",
+        section=_PROXY,
+    )
 
     def __post_init__(self) -> None:
         for spec in SETTINGS:
@@ -779,6 +923,8 @@ class Config:
                 value = str(value)
             elif spec.name == "actor":
                 value = [str(item) for item in value]
+            elif isinstance(value, tuple):  # --reload-dir and the other repeatable strings
+                value = list(value)
             result[spec.name] = value
         return result
 
@@ -809,6 +955,8 @@ def _check_combinations(config: Config) -> None:
     for name in ("wsgi", "http"):
         if getattr(config, name) and config.app is None:
             raise ConfigError(f"--{name}: needs an APP (MODULE:ATTRIBUTE)")
+    if config.proxy_headers and not (config.wsgi or config.http):
+        raise ConfigError("--proxy-headers: only with --wsgi or --http")
     if config.threads and not config.wsgi:
         raise ConfigError("--threads: only with --wsgi (a thread pool runs WSGI apps)")
     if not (config.wsgi or config.http):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import TextIO
@@ -11,18 +12,35 @@ from .config import Config
 __all__ = ["FORMAT", "reopen_log_files", "setup_logging"]
 
 FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-ACCESS_FORMAT = "%(asctime)s [%(process)d] %(message)s"
+#: Access lines are formatted whole by --access-log-format (or as JSON).
+ACCESS_FORMAT = "%(message)s"
 _LOGGERS = ("pulsar_arbiter", "pulsar_arbiter.access")
 
 
-def _handler(target: str, fmt: str, dash: TextIO) -> logging.Handler:
+class JsonFormatter(logging.Formatter):
+    """--log-format json: one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(data, separators=(",", ":"))
+
+
+def _handler(target: str, fmt: str | logging.Formatter, dash: TextIO) -> logging.Handler:
     """A handler writing to the file ``target``, or to ``dash`` when it is ``-``."""
     handler: logging.Handler
     if target == "-":
         handler = logging.StreamHandler(dash)
     else:
         handler = logging.FileHandler(target, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(fmt if isinstance(fmt, logging.Formatter) else logging.Formatter(fmt))
     return handler
 
 
@@ -33,7 +51,8 @@ def setup_logging(cfg: Config) -> None:
     for handler in list(main.handlers):
         main.removeHandler(handler)
         handler.close()
-    main.addHandler(_handler(cfg.error_log or "-", FORMAT, sys.stderr))
+    error_format = JsonFormatter() if cfg.log_format == "json" else FORMAT
+    main.addHandler(_handler(cfg.error_log or "-", error_format, sys.stderr))
     main.setLevel(cfg.log_level.upper())
     main.propagate = False
     access = logging.getLogger("pulsar_arbiter.access")

@@ -91,10 +91,19 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
 
         kind: Literal["raw", "wsgi"] = "wsgi" if cfg.wsgi else "raw"
         limits = http_limits(cfg)
+        if cfg.proxy_headers:
+            from .access import proxy_headers_handler, proxy_headers_wsgi
+
+            wrap = proxy_headers_wsgi if cfg.wsgi else proxy_headers_handler
+            app = wrap(app, cfg.forwarded_allow_ips)
         if cfg.wsgi:
             factory = wsgi_protocol_factory(app, threads=cfg.threads, limits=limits)
         else:
             factory = HttpProtocolFactory(app, kind="raw", threads=cfg.threads, limits=limits)
+        if cfg.access_log:  # records each answer's status and length for the log
+            from .access import recording_consumer
+
+            factory.consumer_factory = recording_consumer(factory.consumer_factory)
         return Factories(factory, None, f"{kind} HTTP app {reference}")
     if isinstance(app, type) and issubclass(app, ProtocolConsumer):
         return Factories(

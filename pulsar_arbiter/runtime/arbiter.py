@@ -43,8 +43,10 @@ from ..ops.systemd import (
 )
 from .actor import ActorProcessSpec, run_actor
 from .apps import AppError, import_app
-from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR
+from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR, EXIT_USAGE
 from .handoff import handoff_socketpair
+from .hooks import HookError, Hooks, load_hooks
+from .reloader import ReloadFilter, watch_dirs, watch_source
 from .signals import ARBITER_SIGNALS
 from .spawn import loop_fds, start_process
 from .supervisor import (
@@ -130,6 +132,8 @@ class Arbiter:
         self.upgrade: Upgrade | None = None  # a new arbiter we started (USR2)
         self.handing_over = False  # a new arbiter serves: drain, leave the sockets be
         self.ready_pipe = take_ready_pipe()  # we are the new arbiter of a USR2
+        self.hooks = Hooks()  # --hooks, loaded in run()
+        self._source_watch: tuple[asyncio.Event, asyncio.Task[None]] | None = None
 
     @staticmethod
     def _supervisor(cfg: Config) -> Supervisor:
@@ -146,6 +150,12 @@ class Arbiter:
         self.signals.extend(pending_signals)
         setup_logging(self.cfg)
         _set_title(f"pulsar_arbiter: arbiter [{self.cfg.name}]")
+        try:
+            self.hooks = load_hooks(self.cfg.hooks)
+            self.hooks.call("on_starting", self)
+        except Exception as exc:  # a start hook's error stops the start (exit 2)
+            LOGGER.error("%s", exc if isinstance(exc, HookError) else f"hook on_starting: {exc!r}")
+            return EXIT_USAGE
         try:
             self._write_pid_file()
             self._bind()
@@ -292,6 +302,13 @@ class Arbiter:
             LOGGER.warning("control socket disabled: %s", exc)
             self.control = None
         await self.start_metrics()
+        try:
+            await self.hooks.acall_start("when_ready", self)
+        except HookError as exc:
+            LOGGER.error("%s", exc)
+            return EXIT_USAGE
+        if self.cfg.reload:
+            self._watch_source()
         while True:
             self._handle_signals()
             if self.pid == 1:
@@ -323,6 +340,12 @@ class Arbiter:
             if signum != signal.SIGCHLD:
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
+        if self._source_watch is not None:
+            stop, task = self._source_watch
+            stop.set()
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(task, 1.0)
+        await self.hooks.acall_logged("on_exit", self)
         for worker in [*self.sup.workers.values(), *self.sup.actors.values()]:
             if worker.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -405,12 +428,36 @@ class Arbiter:
                 LOGGER.error("reload refused, the app does not import: %s", exc)
                 return f"refused: {exc}"
         self.cfg, self.app = cfg, app
+        if self.hooks:
+            self._loop_task(self.hooks.acall_logged("on_reload", self))
         self.sup.reload(_settings(cfg))
         self._announced = False
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
         LOGGER.info("reload: rolling to generation %d", self.sup.generation)
         self.wake()
         return f"rolling to generation {self.sup.generation}"
+
+    def _loop_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(_log_failure)
+
+    def _watch_source(self) -> None:
+        """--reload: roll the workers when the app's source changes."""
+        cfg = self.cfg
+        dirs = watch_dirs(cfg.app, cfg.reload_dir)
+        stop = asyncio.Event()
+        watching = watch_source(
+            dirs, self._source_changed, stop, ReloadFilter(cfg.reload_include, cfg.reload_exclude)
+        )
+        task = asyncio.get_running_loop().create_task(watching)
+        task.add_done_callback(_log_failure)
+        self._source_watch = (stop, task)
+        LOGGER.info("reload: watching %s", ", ".join(dirs))
+
+    def _source_changed(self, paths: set[str]) -> None:
+        shown = ", ".join(sorted(os.path.relpath(p) for p in paths)[:3])
+        LOGGER.info("reload: %d file(s) changed (%s)", len(paths), shown)
+        self.reload()
 
     def _reload_settings(self) -> Config:
         """The settings read again; those a reload cannot change keep their old values."""
@@ -462,6 +509,7 @@ class Arbiter:
             app=self.app,
             handoff=self.handoff,
         )
+        self.hooks.call_logged("pre_fork", self, worker)
         self._fork(worker, parent_end, child_end, run_worker, spec)
 
     def _actor_spec(
@@ -618,7 +666,9 @@ class Arbiter:
                 await asyncio.wait_for(asyncio.shield(channel.closed), 1.0)
             channel.abort()
         proc.join(1.0)
+        record = self.sup.workers.get(worker_id)
         self._report_exit(self.sup.exited(worker_id, proc.exitcode, time.monotonic()))
+        await self.hooks.acall_logged("child_exit", self, record)
         self.wake()
 
     def _report_exit(self, exited: Exited | None) -> None:
@@ -787,6 +837,7 @@ class Arbiter:
         self.notifier.notify(*lines)
 
     def start_upgrade(self) -> None:
+        self.hooks.call_logged("pre_exec", self)
         """USR2: start a new arbiter (new code) on our sockets; it takes over once ready."""
         if self.upgrade is not None or self.sup.stopping:
             LOGGER.warning("USR2 ignored: %s", "an upgrade runs" if self.upgrade else "stopping")

@@ -8,15 +8,15 @@ caller has an event loop running (the arbiter's, the worker's), a hook may be an
 hook               runs in           when
 ================== ================= ====================================================
 on_starting        arbiter           before the sockets are bound (raise: exit 2)
-when_ready         arbiter           the sockets are bound and the first workers forked
+when_ready         arbiter           the sockets are bound, before the first fork
 pre_fork           arbiter           before each worker is forked
 post_fork          worker            in the child, first thing (raise: a failed boot)
 post_worker_init   worker            the app is loaded and the servers serve
-worker_int         worker            the worker got INT or QUIT (fast stop)
-worker_abort       worker            the worker got ABRT (killed for its --timeout)
+worker_int         worker            not called yet (gunicorn: INT or QUIT)
+worker_abort       worker            not called yet (gunicorn: ABRT on --timeout)
 pre_exec           arbiter           before USR2 execs the new arbiter
 on_reload          arbiter           on HUP (or --reload), before the workers roll
-worker_exit        worker            the worker is exiting (after its servers closed)
+worker_exit        worker            exiting, after its servers closed (not on KILL)
 child_exit         arbiter           a worker was reaped
 on_exit            arbiter           the arbiter is exiting
 ================== ================= ====================================================
@@ -56,8 +56,9 @@ HOOK_NAMES = (
     "on_exit",
 )
 #: Hooks whose caller runs no event loop when it calls them: they must be plain functions.
-#: (pre_fork runs between the arbiter's decision and the fork; pre_exec right before exec.)
-SYNC_ONLY = frozenset({"pre_fork", "pre_exec", "worker_int", "worker_abort"})
+#: (on_starting runs before the loop; pre_fork between the decision and the fork;
+#: pre_exec right before the exec.)
+SYNC_ONLY = frozenset({"on_starting", "pre_fork", "pre_exec", "worker_int", "worker_abort"})
 
 
 class HookError(Exception):

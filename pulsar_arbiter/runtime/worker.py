@@ -23,15 +23,19 @@ from functools import partial
 from typing import Any
 
 from .. import ipc
+from ..forwarded import ForwardedResolver
 from ..ipc.actor import set_actor
 from ..ipc.commands import ActorKind
+from ..ops.accesslog import AccessFormatter
 from ..ops.binds import BindSpec, bind_socket, describe
 from ..ops.config import Config
 from ..ops.logs import reopen_log_files
 from ..servers import DatagramServer, TcpServer
+from .access import AccessLog
 from .apps import AppError, Factories, build_factories
 from .exits import WORKER_BOOT_ERROR
 from .handoff import HandoffReceiver, HandoffSender
+from .hooks import Hooks, load_hooks
 from .spawn import reset_after_fork
 from .traffic import Traffic, tcp_bytes
 
@@ -146,6 +150,13 @@ class Worker:
         self._retiring = False
         self.traffic = Traffic()  # bytes and request durations, for the heartbeat
         self.commands = 0  # commands handled, for the heartbeat
+        self.hooks = Hooks()  # --hooks, loaded first thing in main()
+        self.access_log: AccessLog | None = None
+        if spec.cfg.access_log:
+            formatter = AccessFormatter(spec.cfg.access_log_format, spec.cfg.log_format == "json")
+            proxied = spec.cfg.proxy_headers
+            resolver = ForwardedResolver(spec.cfg.forwarded_allow_ips) if proxied else None
+            self.access_log = AccessLog(formatter, resolver)
 
     @property
     def id(self) -> int:
@@ -188,6 +199,9 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGTERM, self.stop, True, None)
         self.channel.closed.add_done_callback(self._arbiter_gone)
         try:
+            # post_fork raising is a failed boot, as any boot error.
+            self.hooks = load_hooks(self.cfg.hooks)
+            await self.hooks.acall("post_fork", None, self)
             factories = build_factories(self.cfg, self.spec.app)
             await self._start_servers(factories)
         except (AppError, OSError, ImportError, ssl.SSLError) as exc:
@@ -202,6 +216,7 @@ class Worker:
         self.channel.send(ipc.ready(self.pid))
         LOGGER.info("worker %d ready (%s)", self.pid, factories.description)
         self._schedule_beat()
+        await self.hooks.acall_logged("post_worker_init", self)
         graceful, timeout, handoff = await self._stop
         await self._close_servers(timeout if graceful else 0.0, handoff)
         # The app's thread pool (threaded WSGI): its requests are done or aborted by now.
@@ -215,6 +230,7 @@ class Worker:
         if not self.channel.is_closing:
             self.channel.send(ipc.heartbeat(self.stats()))
             self.channel.close()
+        await self.hooks.acall_logged("worker_exit", None, self)
         LOGGER.info("worker %d exiting after %d requests", self.pid, self.requests)
         return 0
 
@@ -264,6 +280,7 @@ class Worker:
                 )
                 server.graceful_timeout = cfg.graceful_timeout
                 server.handoff_raw = cfg.handoff
+                server.proxy_protocol = cfg.proxy_protocol or bind.proxy_protocol
                 self._watch(server)
                 await server.start_serving(backlog=cfg.backlog, sslcontext=sslcontext)
                 self.servers.append(server)
@@ -296,8 +313,8 @@ class Worker:
     def _watch(self, server: TcpServer | DatagramServer) -> None:
         self.traffic.watch(server, http=self.cfg.wsgi or self.cfg.http)
         server.bind_event("max_requests", self._max_requests)
-        if self.cfg.access_log:
-            server.bind_event("post_request", _access_log)
+        if self.access_log is not None:
+            self.access_log.watch(server)
 
     async def _close_servers(self, grace: float, handoff: bool = False) -> None:
         sender = self._sender if handoff else None
@@ -404,15 +421,6 @@ def _adopted(sock: socket.socket, task: asyncio.Task[Any]) -> None:
         sock.close()
         if not task.cancelled():
             LOGGER.error("cannot serve a handed-over connection: %s", task.exception())
-
-
-ACCESS_LOGGER = logging.getLogger("pulsar_arbiter.access")
-
-
-def _access_log(consumer: Any, exc: BaseException | None = None, **kw: Any) -> None:
-    line = getattr(consumer, "access_line", None)
-    text = line() if callable(line) else type(consumer).__name__
-    ACCESS_LOGGER.info("%s %s%s", consumer.address, text, f" error={exc!r}" if exc else "")
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
