@@ -475,3 +475,35 @@ def test_a_slow_head_gets_a_408_at_the_idle_timeout(
     connection._idle_timeout()
     assert statuses(transport.take()) == [408]
     assert state_of(connection) is State.LINGERING
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two Hosts: 400 after the head
+        b"HEAD / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n",  # a broken field: mid-head
+        b"HEAD /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n",  # 414 in the line
+    ],
+    ids=["after-head", "mid-head", "request-line"],
+)
+def test_a_rejected_head_request_gets_no_content(
+    loop: asyncio.AbstractEventLoop, checked_states: list[tuple[State, State]], raw: bytes
+) -> None:
+    """RFC 9110 §9.3.2: an answer to HEAD carries no content, a refusal included."""
+    connection, transport = connect(loop)
+    connection.data_received(raw)
+    data = transport.take()
+    (status,) = statuses(data)
+    assert status >= 400
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert rest == b"", "no content after the head"
+    assert b"content-length: " in head and b"connection: close" in head
+
+
+def test_a_rejected_get_keeps_its_one_line_reason(
+    loop: asyncio.AbstractEventLoop, checked_states: list[tuple[State, State]]
+) -> None:
+    connection, transport = connect(loop)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    _, _, body = transport.take().partition(b"\r\n\r\n")
+    assert body.startswith(b"400 Bad Request: ") and body.count(b"\n") == 1

@@ -395,7 +395,7 @@ class HttpConnection(Connection):
                 item = pending.popleft()
                 if type(item) is PeerError:
                     pending.clear()
-                    self._send_error(item.status, item.reason)
+                    self._send_error(item.status, item.reason, item.head)
                     break
                 assert isinstance(item, HttpRequest)
                 self._backlog -= item._body_size
@@ -527,6 +527,7 @@ class HttpConnection(Connection):
         self._to(Input.PEER_ERROR)
         active = self._active
         parsing, self._parsing = self._parsing, None
+        head = self._is_head()
         if active is not None:
             consumer = self._current_consumer
             if active is parsing and consumer is not None and not consumer._finished:
@@ -540,15 +541,23 @@ class HttpConnection(Connection):
                 pending = self._pending
                 if parsing is not None and pending and pending[-1] is parsing:
                     pending.pop()
-                self._queue(PeerError(status, reason))
+                self._queue(PeerError(status, reason, head=head))
             return
         if self._pending:
-            self._queue(PeerError(status, reason))
+            self._queue(PeerError(status, reason, head=head))
             return
-        self._send_error(status, reason)
+        self._send_error(status, reason, head)
 
-    def _send_error(self, status: int, reason: str) -> None:
-        self._write_now(error_response(status, reason))
+    def _is_head(self) -> bool:
+        """Is the request being parsed a HEAD? The parser knows its method from the
+        request line on (the request object only once its head is complete)."""
+        try:
+            return bool(self._parser.get_method() == b"HEAD")
+        except Exception:  # no request line parsed
+            return False
+
+    def _send_error(self, status: int, reason: str, head: bool = False) -> None:
+        self._write_now(error_response(status, reason, head))
         self._linger_on_close = True
         self._close_after_request = True
         if not self._processing:

@@ -69,7 +69,7 @@ class HttpConsumer(ProtocolConsumer):
     def on_peer_error(self, status: int, reason: str) -> None:
         """The peer broke the protocol or a limit while sending this request's body."""
         if not self._head_sent:
-            self._write_raw(error_response(status, reason))
+            self._write_raw(error_response(status, reason, self._request.method == "HEAD"))
         else:
             self._connection.abort()
         self.finished(PeerError(status, reason))

@@ -18,10 +18,13 @@ class PeerError(ConnectionError):
     peer handles this one too.
     """
 
-    def __init__(self, status: int, reason: str, message: str | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str | None = None, head: bool = False
+    ) -> None:
         super().__init__(message or f"{status}: {reason}")
         self.status = status
         self.reason = reason
+        self.head = head  # the faulty request was a HEAD: its answer carries no content
 
 
 class StateError(RuntimeError):

@@ -99,8 +99,12 @@ def date_header_expires() -> float:
     return _date_expires
 
 
-def error_response(status: int, reason: str) -> bytes:
-    """A complete ``text/plain`` answer for a peer error, with ``Connection: close``."""
+def error_response(status: int, reason: str, head: bool = False) -> bytes:
+    """A complete ``text/plain`` answer for a peer error, with ``Connection: close``.
+
+    ``head``: the answer to a HEAD request, which carries no content (RFC 9110 §9.3.2);
+    its length is still announced, as it would be for GET.
+    """
     body = f"{status} {_phrase(status)}: {reason}\n".encode("utf-8", "replace")
     return b"".join(
         (
@@ -110,7 +114,7 @@ def error_response(status: int, reason: str) -> bytes:
             date_header(),
             CONNECTION_CLOSE,
             CRLF,
-            body,
+            b"" if head else body,
         )
     )
 
