@@ -108,13 +108,13 @@ def test_an_actor_serving_for_a_while_is_forgiven_its_failures() -> None:
     assert actors_of(spawned(sup.decide(now), sup)) == ["flaky"]
 
 
-def test_an_actor_that_stops_beating_gets_term_then_kill() -> None:
+def test_an_actor_that_stops_beating_gets_abrt_then_kill() -> None:
     sup = supervisor("stuck")
     actor = start(sup)["stuck"]
     for record in sup.workers.values():  # the worker beats, the actor does not
         sup.heartbeat(record.id, {}, 10.5)
     (kill,) = [a for a in sup.decide(10.5) if isinstance(a, Kill)]
-    assert kill.worker is actor and kill.signum == signal.SIGTERM
+    assert kill.worker is actor and kill.signum == signal.SIGABRT
     assert actor.reason is Reason.HEARTBEAT_TIMEOUT
     (kill,) = [a for a in sup.decide(10.6 + KILL_GRACE) if isinstance(a, Kill)]
     assert kill.signum == signal.SIGKILL and actor.phase is Phase.KILLED

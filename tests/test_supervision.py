@@ -21,6 +21,7 @@ from pulsar_arbiter.runtime.supervisor import (
     KILL_GRACE,
     MAX_BOOT_FAILURES,
     RECENT_DEAD,
+    SERVING,
     STABLE_AFTER,
     STOP_MARGIN,
     TRANSITIONS,
@@ -341,16 +342,17 @@ def test_stable_worker_death_is_replaced_at_once() -> None:
 # -- timeouts ------------------------------------------------------------------------------------
 
 
-def test_heartbeat_timeout_sends_term_then_kill_after_the_grace() -> None:
+def test_heartbeat_timeout_sends_abrt_then_kill_after_the_grace() -> None:
+    """ABRT, as gunicorn sends on --timeout: the worker runs worker_abort and exits."""
     sup = supervisor(workers=1)
     (worker,) = start(sup)
     sup.heartbeat(worker.id, {"requests": 3}, 1.0)
     assert worker.stats == {"requests": 3}
     assert sup.decide(1.0 + TIMEOUT) == [], "exactly the timeout: not yet"
     now = 1.0 + TIMEOUT + 0.5
-    (term,) = sup.decide(now)
-    assert isinstance(term, Kill) and term.worker is worker and term.signum == signal.SIGTERM
-    assert "no heartbeat" in term.reason
+    (abort,) = sup.decide(now)
+    assert isinstance(abort, Kill) and abort.worker is worker and abort.signum == signal.SIGABRT
+    assert "no heartbeat" in abort.reason and worker.phase is Phase.TERMINATING
     assert sup.decide(now + KILL_GRACE) == [], "exactly the grace: not yet"
     (kill,) = sup.decide(now + KILL_GRACE + 0.01)
     assert isinstance(kill, Kill) and kill.signum == signal.SIGKILL
@@ -656,11 +658,11 @@ def test_a_worker_killed_for_a_timeout_holds_its_place_until_reaped() -> None:
     sup = supervisor(workers=1)
     (worker,) = start(sup)
     now = TIMEOUT + 1.0
-    (term,) = sup.decide(now)
-    assert isinstance(term, Kill) and term.worker is worker
+    (abort,) = sup.decide(now)
+    assert isinstance(abort, Kill) and abort.worker is worker and abort.signum == signal.SIGABRT
     assert worker.phase is Phase.TERMINATING
     assert of(Spawn, sup.decide(now + 0.1)) == []
-    exited = sup.exited(worker.id, -signal.SIGTERM, now + 0.2)
+    exited = sup.exited(worker.id, 1, now + 0.2)  # the worker's ABRT handler exits 1
     assert exited is not None and not exited.expected
     assert worker.reason is Reason.HEARTBEAT_TIMEOUT
     assert len(of(Spawn, sup.decide(now + 0.3))) == 1
@@ -670,7 +672,10 @@ def test_a_worker_killed_for_a_timeout_holds_its_place_until_reaped() -> None:
 def test_every_escalation_is_a_legal_transition(phase: Phase) -> None:
     after, signum = ESCALATION[phase]
     assert after in TRANSITIONS[phase]
-    assert signum in (signal.SIGTERM, signal.SIGKILL)
+    # ABRT for a serving worker (only its heartbeat timeout makes it overdue), TERM for
+    # one that does not boot or stop in time, KILL after that.
+    expected = signal.SIGABRT if phase in SERVING else signal.SIGTERM
+    assert signum == (signal.SIGKILL if phase is Phase.TERMINATING else expected)
     assert Phase.KILLED in TRANSITIONS[Phase.STOPPING], "a fast stop goes straight to KILL"
 
 

@@ -30,7 +30,7 @@ from ..ipc.commands import ActorKind
 from ..ops.config import ActorSpec, Config
 from ..ops.logs import reopen_log_files
 from .apps import AppError, import_app
-from .exits import WORKER_BOOT_ERROR
+from .exits import WORKER_ABORTED, WORKER_BOOT_ERROR
 from .spawn import reset_after_fork
 from .worker import _drop_privileges, heartbeat_interval, new_loop
 
@@ -150,6 +150,7 @@ class ActorProcess:
             max_commands=self.cfg.max_commands,
         )
         self.loop.add_signal_handler(signal.SIGTERM, self.stop, self.cfg.graceful_timeout)
+        signal.signal(signal.SIGABRT, _aborted)  # its heartbeat timeout: the loop may be stuck
         self.channel.closed.add_done_callback(self._arbiter_gone)
         set_actor(self, self._route)
         try:
@@ -236,3 +237,12 @@ class ActorProcess:
     async def _run_command(self, name: str, args: dict[str, Any]) -> Any:
         """A command routed to this actor, through the registry."""
         return await ipc.COMMANDS.call(self, "actor", name, args)
+
+
+def _aborted(signum: int, frame: Any) -> None:
+    """ABRT: the arbiter's heartbeat timeout (as a worker's, without a hook): exit now."""
+    LOGGER.error("actor %d: aborted (no heartbeat in time)", os.getpid())
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(WORKER_ABORTED)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_BOOT_FAILURE", "EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "WORKER_BOOT_ERROR"]
+__all__ = [
+    "EXIT_BOOT_FAILURE",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "WORKER_ABORTED",
+    "WORKER_BOOT_ERROR",
+]
 
 #: Stopped as asked.
 EXIT_OK = 0
@@ -15,3 +22,5 @@ EXIT_USAGE = 2
 EXIT_BOOT_FAILURE = 3
 #: A worker whose app failed to load: "do not respawn me blindly".
 WORKER_BOOT_ERROR = 3
+#: A worker that got ABRT (its heartbeat timeout) and ran ``worker_abort``: as gunicorn's.
+WORKER_ABORTED = 1

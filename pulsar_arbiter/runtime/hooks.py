@@ -12,8 +12,8 @@ when_ready         arbiter           the sockets are bound, before the first for
 pre_fork           arbiter           before each worker is forked
 post_fork          worker            in the child, first thing (raise: a failed boot)
 post_worker_init   worker            the app is loaded and the servers serve
-worker_int         worker            not called yet (gunicorn: INT or QUIT)
-worker_abort       worker            not called yet (gunicorn: ABRT on --timeout)
+worker_int         worker            told to stop fast (the arbiter's INT or QUIT)
+worker_abort       worker            ABRT on --timeout (signal handler; then it exits 1)
 pre_exec           arbiter           before USR2 execs the new arbiter
 on_reload          arbiter           on HUP (or --reload), before the workers roll
 worker_exit        worker            exiting, after its servers closed (not on KILL)

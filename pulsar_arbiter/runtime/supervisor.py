@@ -12,15 +12,15 @@ Worker lifecycle, one table, one transition function::
 
     booting --ready--> ready --retire--> retiring --stop--> stopping --exit--> dead
        |                 |                   |                  |
-       +-----------------+---- overdue ------+------------------+--> terminating (TERM)
+       +-----------------+---- overdue ------+------------------+--> terminating (TERM/ABRT)
                                                                         |
                                               overdue (or a fast stop's) v
                                                                       killed (KILL) --> dead
 
 A phase with a deadline escalates when the deadline passes (``ESCALATION``): a worker
-that does not boot, beat or stop in time gets TERM, then KILL ``KILL_GRACE`` later; a
-worker told to stop *fast* that is still there gets KILL at once (TERM would only ask it
-again). Any phase may die.
+that does not boot or stop in time gets TERM (one that stops beating gets ABRT, as from
+gunicorn), then KILL ``KILL_GRACE`` later; a worker told to stop *fast* that is still there
+gets KILL at once (TERM would only ask it again). Any phase may die.
 """
 
 from __future__ import annotations
@@ -88,11 +88,13 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 }
 
 #: What an overdue phase becomes, and the signal that goes with it. A fast stop that is
-#: overdue skips TERM (see ``Supervisor._escalate``).
+#: overdue skips TERM (see ``Supervisor._escalate``). A serving worker is overdue only for
+#: its heartbeat timeout: it gets ABRT, as gunicorn sends on ``--timeout`` (the worker runs
+#: the ``worker_abort`` hook and exits), then KILL ``KILL_GRACE`` later.
 ESCALATION: dict[Phase, tuple[Phase, int]] = {
     Phase.BOOTING: (Phase.TERMINATING, signal.SIGTERM),
-    Phase.READY: (Phase.TERMINATING, signal.SIGTERM),
-    Phase.RETIRING: (Phase.TERMINATING, signal.SIGTERM),
+    Phase.READY: (Phase.TERMINATING, signal.SIGABRT),
+    Phase.RETIRING: (Phase.TERMINATING, signal.SIGABRT),
     Phase.STOPPING: (Phase.TERMINATING, signal.SIGTERM),
     Phase.TERMINATING: (Phase.KILLED, signal.SIGKILL),
 }

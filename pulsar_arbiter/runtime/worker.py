@@ -33,7 +33,7 @@ from ..ops.logs import reopen_log_files
 from ..servers import DatagramServer, TcpServer
 from .access import AccessLog
 from .apps import AppError, Factories, build_factories
-from .exits import WORKER_BOOT_ERROR
+from .exits import WORKER_ABORTED, WORKER_BOOT_ERROR
 from .handoff import HandoffReceiver, HandoffSender
 from .hooks import Hooks, load_hooks
 from .spawn import reset_after_fork
@@ -42,6 +42,10 @@ from .traffic import Traffic, tcp_bytes
 __all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
 
 LOGGER = logging.getLogger("pulsar_arbiter.worker")
+
+#: Seconds the ``worker_abort`` hook may take after ABRT before the process ends anyway
+#: (SIGALRM's default action; the arbiter's KILL comes later still).
+ABORT_HOOK_TIMEOUT = 2.0
 
 
 def heartbeat_interval(timeout: float) -> float:
@@ -148,6 +152,7 @@ class Worker:
         self._receiver: HandoffReceiver | None = None
         self._beat: asyncio.TimerHandle | None = None
         self._retiring = False
+        self._interrupted = False  # worker_int ran (a fast stop)
         self.traffic = Traffic()  # bytes and request durations, for the heartbeat
         self.commands = 0  # commands handled, for the heartbeat
         self.hooks = Hooks()  # --hooks, loaded first thing in main()
@@ -197,6 +202,8 @@ class Worker:
         )
         set_actor(self, self._route)
         self.loop.add_signal_handler(signal.SIGTERM, self.stop, True, None)
+        # Not a loop handler: the loop may be the thing that is stuck.
+        signal.signal(signal.SIGABRT, self._on_abort)
         self.channel.closed.add_done_callback(self._arbiter_gone)
         try:
             # post_fork raising is a failed boot, as any boot error.
@@ -362,6 +369,9 @@ class Worker:
         self, graceful: bool = True, timeout: float | None = None, handoff: bool = False
     ) -> None:
         """Stop accepting at once, then drain (``handoff``: to the workers still serving)."""
+        if not graceful and not self._interrupted:  # the arbiter's INT or QUIT
+            self._interrupted = True
+            self.hooks.call_logged("worker_int", self)
         if self._stop.done():
             if not graceful:  # already draining, now told to stop fast: cut it short
                 self._abort_connections()
@@ -369,6 +379,18 @@ class Worker:
         grace = self.cfg.graceful_timeout if timeout is None else timeout
         self._stop_accepting()
         self._stop.set_result((graceful, grace, handoff and graceful))
+
+    def _on_abort(self, signum: int, frame: Any) -> None:
+        """ABRT: the arbiter's heartbeat timeout, as gunicorn's ``--timeout``. Runs the
+        ``worker_abort`` hook (at most ABORT_HOOK_TIMEOUT s), then exits non-zero."""
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # ends the process even in C code
+        signal.setitimer(signal.ITIMER_REAL, ABORT_HOOK_TIMEOUT)
+        LOGGER.error("worker %d: aborted (no heartbeat in time)", self.pid)
+        self.hooks.call_logged("worker_abort", self)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(WORKER_ABORTED)
 
     def _stop_accepting(self) -> None:
         if self._receiver is not None:
