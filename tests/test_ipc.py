@@ -799,3 +799,81 @@ def test_a_message_from_the_wrong_side_closes_the_channel(
 
     run(loop, main())
     assert "stop: not a message this side receives" in caplog.text
+
+
+# -- the fast paths: the nesting pre-check, plain commands, one timer per request --------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}ab"\\'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=60,
+)
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@given(JSON_VALUES, st.integers(min_value=0, max_value=8))
+def test_the_bracket_count_never_misses_deep_nesting(value: Any, limit: int) -> None:
+    payload = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    if not ipc.frames.may_nest_deeper(payload, limit):
+        assert not ipc.nesting_exceeds(value, limit)
+
+
+def test_over_deep_frames_are_still_refused_both_ways() -> None:
+    deep = {"type": "heartbeat", "stats": {"x": nested(ipc.MAX_DEPTH - 1)}}  # 33 levels
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        FrameDecoder().feed(frame(json.dumps(deep).encode()))
+    with pytest.raises(ValueError, match="nested deeper"):
+        encode(deep)
+    fits = {"type": "heartbeat", "stats": {"x": nested(ipc.MAX_DEPTH - 2)}}
+    assert FrameDecoder().feed(encode(fits)) == [fits]
+    # Brackets inside strings make the pre-check walk the value, which is shallow.
+    brackets = {"type": "heartbeat", "stats": {"s": "[{" * 100}}
+    assert FrameDecoder().feed(encode(brackets)) == [brackets]
+
+
+def test_plain_commands_are_answered_without_a_task(loop: asyncio.AbstractEventLoop) -> None:
+    def plain(name: str, args: dict[str, Any]) -> Any:
+        if name == "fail":
+            raise CommandError("it failed", type="ValueError")
+        if name == "bug":
+            raise KeyError(name)
+        return {"name": name, **args}
+
+    async def main() -> None:
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=plain)
+        results = await asyncio.gather(
+            *(arbiter.request("echo", {"n": n}, timeout=2) for n in range(50))
+        )
+        assert results == [{"name": "echo", "n": n} for n in range(50)]
+        assert worker.running == 0 and arbiter.pending == 0
+        with pytest.raises(CommandError, match="it failed") as info:
+            await arbiter.request("fail", timeout=2)
+        assert info.value.type == "ValueError"
+        with pytest.raises(CommandError, match="internal error: KeyError"):
+            await arbiter.request("bug", timeout=2)
+        await close_all(arbiter, worker)
+
+    run(loop, main())
+
+
+def test_a_timed_out_request_leaves_nothing_behind(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        served = Served()
+        arbiter, worker = await pair(Inbox(), Inbox(), on_command=served)
+        for _ in range(3):
+            with pytest.raises(asyncio.TimeoutError):
+                await arbiter.request("hang", timeout=0.02)
+        assert arbiter.pending == 0
+        # The worker gave each up at the caller's timeout too (its reply came too late).
+        await asyncio.sleep(0.05)
+        assert worker.running == 0
+        assert await arbiter.request("echo", {"ok": 1}, timeout=2) == {"ok": 1}
+        await close_all(arbiter, worker)
+
+    run(loop, main())

@@ -18,12 +18,13 @@ Everything here is pure or runs on the caller's loop; nothing imports the runtim
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, overload
 
-from .commands import COMMANDS, DEFAULT_TIMEOUT, Actor, ActorKind, Check, F
+from .commands import COMMANDS, DEFAULT_TIMEOUT, Actor, ActorKind, Check, F, within
 from .errors import ChannelClosed, CommandError
 from .frames import MAX_FRAME
 from .messages import MAX_NAME
@@ -148,12 +149,15 @@ def members(target: str, workers: Iterable[int], actors: Iterable[str]) -> list[
     return [target]
 
 
-async def member_answer(call: Awaitable[Any], name: str, timeout: float) -> dict[str, Any]:
+async def member_answer(call: Any, name: str, timeout: float) -> dict[str, Any]:
     """One member's entry in a call's answer: ``{"result": ...}``, or ``{"error": ...,
     "type": ...}`` when it failed, timed out (TimeoutError) or died meanwhile
-    (ChannelClosed), at once in that case, not after the timeout."""
+    (ChannelClosed), at once in that case, not after the timeout. ``call``: an awaitable
+    of the result, or the result itself (a plain command's, from ``Registry.start``)."""
+    if not inspect.isawaitable(call):
+        return {"result": call}
     try:
-        return {"result": await asyncio.wait_for(call, timeout)}
+        return {"result": await within(call, timeout)}
     except CommandError as exc:
         return {"error": str(exc), "type": exc.type}
     except asyncio.TimeoutError:

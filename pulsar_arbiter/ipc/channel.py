@@ -7,6 +7,10 @@ command elsewhere) runs through ``on_route`` the same way; a ``notify`` runs thr
 ``on_command`` too and is never answered; every other notification goes to ``on_message``.
 A request that says how long its caller waits (``timeout``) is cancelled then, so that
 nothing of a call the caller gave up on stays behind.
+
+Costs per message, kept small: a plain (not async) handler is answered at once, without
+a task; the frames answered while a read is handled go out in one write; a request's
+timeout is one timer (``loop.call_later``), not a ``wait_for`` task.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
+from .commands import within
 from .errors import ChannelClosed, CommandError, ProtocolError
 from .frames import FrameDecoder, encode
 from .messages import MESSAGES, Direction, Kind, Message, command, notify, reply, route
@@ -55,11 +60,12 @@ ROUTE_MARGIN = 0.5
 #: awaitable (e.g. be an ``async def``): it then runs as a task, which outlives the
 #: channel (a ``stop`` handler must finish even if the arbiter goes away).
 OnMessage = Callable[["Channel", Message], "Awaitable[object] | None"]
-#: Runs the command ``name`` with ``args`` and returns its result; raises CommandError
-#: (the error reply) when it cannot. Usually ``Registry.call`` bound to this process.
-OnCommand = Callable[[str, dict[str, Any]], Awaitable[Any]]
-#: Runs a ``route`` request (the whole message) and returns its result.
-OnRoute = Callable[[Message], Awaitable[Any]]
+#: Runs the command ``name`` with ``args`` and returns its result, or an awaitable of it;
+#: raises CommandError (the error reply) when it cannot. Usually ``Registry.start`` bound
+#: to this process. A result returned at once is answered at once, without a task.
+OnCommand = Callable[[str, dict[str, Any]], Any]
+#: Runs a ``route`` request (the whole message) and returns its result, or an awaitable.
+OnRoute = Callable[[Message], Any]
 
 
 class _ChannelProtocol(asyncio.Protocol):
@@ -114,6 +120,8 @@ class Channel:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._commands: set[asyncio.Task[None]] = set()
+        #: Frames queued while a read is handled, written in one go at its end.
+        self._batch: list[bytes] | None = None
 
     @classmethod
     async def connect(
@@ -167,14 +175,20 @@ class Channel:
         transport = self._transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(frame)
+        if self._batch is not None:
+            self._batch.append(frame)
+            return True
+        self._write(transport, frame)
+        return True
+
+    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
+        transport.write(data)
         if transport.get_write_buffer_size() > self.max_write_buffer:
             logger.warning(
                 "IPC peer has not read %d bytes; considering it dead and closing the channel",
                 transport.get_write_buffer_size(),
             )
             transport.abort()
-        return True
 
     def notify(self, name: str, args: Mapping[str, Any] | None = None) -> bool:
         """Ask the peer to run command ``name``, expecting no answer (none will come)."""
@@ -206,12 +220,15 @@ class Channel:
         msg = build(id)  # ValueError here (a bad message of ours) leaves nothing behind
         future: asyncio.Future[Any] = self.loop.create_future()
         self._pending[id] = future
+        timer = None if timeout is None else self.loop.call_later(timeout, _expire, future)
         try:
             if not self.send(msg):
                 raise ChannelClosed(f"IPC channel closed, cannot send {name!r}")
-            return await asyncio.wait_for(future, timeout)
+            return await future
         finally:
             self._pending.pop(id, None)
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         """Close after flushing what is queued; idempotent."""
@@ -232,16 +249,24 @@ class Channel:
             logger.error("IPC peer sent an invalid frame, closing the channel: %s", exc)
             self.abort()
             return
-        for msg in messages:
-            if self.is_closing:
-                return
-            kind = MESSAGES[msg["type"]].kind
-            if kind is Kind.REPLY:
-                self._resolve(msg)
-            elif kind is Kind.REQUEST or msg["type"] == "notify":
-                self._serve(msg, answer=kind is Kind.REQUEST)
-            else:
-                self._dispatch(msg)
+        batch: list[bytes] = []
+        self._batch = batch
+        try:
+            for msg in messages:
+                if self.is_closing:
+                    return
+                kind = MESSAGES[msg["type"]].kind
+                if kind is Kind.REPLY:
+                    self._resolve(msg)
+                elif kind is Kind.REQUEST or msg["type"] == "notify":
+                    self._serve(msg, answer=kind is Kind.REQUEST)
+                else:
+                    self._dispatch(msg)
+        finally:
+            self._batch = None
+            transport = self._transport
+            if batch and transport is not None and not transport.is_closing():
+                self._write(transport, b"".join(batch))
 
     def _resolve(self, msg: Message) -> None:
         future = self._pending.get(msg["id"])
@@ -267,29 +292,42 @@ class Channel:
             else:
                 logger.warning("IPC notify %.80r dropped: %s", msg["name"], refusal)
             return
-        task = asyncio.ensure_future(self._run(msg, answer), loop=self.loop)
-        self._commands.add(task)
-        task.add_done_callback(self._commands.discard)
-
-    async def _run(self, msg: Message, answer: bool) -> None:
-        name = msg["name"]
-        error_type = None
         try:
             if msg["type"] == "route":
                 assert self.on_route is not None
                 running = self.on_route(msg)
             else:
                 assert self.on_command is not None
-                running = self.on_command(name, msg["args"])
-            result, error = await asyncio.wait_for(running, _caller_timeout(msg)), None
-        except CommandError as exc:
-            result, error, error_type = None, str(exc), exc.type
-        except asyncio.TimeoutError:  # the caller gave up: so do we
-            result, error = None, f"{name}: no answer within {msg['timeout']:g}s"
-            error_type = "TimeoutError"
-        except Exception as exc:  # a bug of the dispatcher's: answer, serve on
-            logger.exception("IPC command %.80r failed", name)
-            result, error = None, f"internal error: {type(exc).__name__}: {exc}"
+                running = self.on_command(msg["name"], msg["args"])
+        except Exception as exc:
+            self._answer(msg, answer, *_outcome(msg, exc))
+            return
+        if not inspect.isawaitable(running):  # a plain command: answered now, no task
+            self._answer(msg, answer, running, None, None)
+            return
+        task = asyncio.ensure_future(self._run(msg, running, answer), loop=self.loop)
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    async def _run(self, msg: Message, running: Awaitable[Any], answer: bool) -> None:
+        timeout = _caller_timeout(msg)
+        try:
+            result = await (running if timeout is None else within(running, timeout))
+        except Exception as exc:
+            self._answer(msg, answer, *_outcome(msg, exc))
+        else:
+            self._answer(msg, answer, result, None, None)
+
+    def _answer(
+        self,
+        msg: Message,
+        answer: bool,
+        result: Any,
+        error: str | None,
+        error_type: str | None,
+    ) -> None:
+        """Reply to request ``msg`` (or, for a notification, log its error)."""
+        name = msg["name"]
         if not answer:
             if error is not None:
                 logger.warning("IPC notify %.80r failed: %s", name, error)
@@ -321,6 +359,24 @@ class Channel:
                 future.set_exception(ChannelClosed("IPC channel closed before the reply"))
         if not self.closed.done():
             self.closed.set_result(exc)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    """A request's timer: its caller stops waiting (``asyncio.wait_for``'s TimeoutError)."""
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
+
+
+def _outcome(msg: Message, exc: Exception) -> tuple[None, str, str | None]:
+    """The error reply's ``(result, error, error_type)`` for a command that raised."""
+    name = msg["name"]
+    if isinstance(exc, CommandError):
+        return None, str(exc), exc.type
+    if isinstance(exc, asyncio.TimeoutError):  # the caller gave up: so do we
+        return None, f"{name}: no answer within {msg['timeout']:g}s", "TimeoutError"
+    # A bug of the dispatcher's: answer, serve on.
+    logger.error("IPC command %.80r failed", name, exc_info=exc)
+    return None, f"internal error: {type(exc).__name__}: {exc}", None
 
 
 def _caller_timeout(msg: Message) -> float | None:

@@ -26,7 +26,8 @@ import dataclasses
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, overload
 
@@ -45,6 +46,7 @@ __all__ = [
     "Param",
     "Registry",
     "WorkerActor",
+    "within",
     "worker_count",
 ]
 
@@ -66,6 +68,21 @@ Handler = Callable[..., Any]
 #: Checks (and converts) one argument: returns the value, or raises ValueError("expected ...").
 Check = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+
+    async def within(awaitable: Awaitable[T], timeout: float) -> T:
+        """``await awaitable``, or TimeoutError after ``timeout`` seconds (cancelling it).
+        It runs in the caller's task: no task per call, as ``asyncio.wait_for`` makes."""
+        async with asyncio.timeout(timeout):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def within(awaitable: Awaitable[T], timeout: float) -> T:
+        """``await awaitable``, or TimeoutError after ``timeout`` seconds (cancelling it)."""
+        return await asyncio.wait_for(awaitable, timeout)
 
 
 @dataclass(frozen=True)
@@ -239,6 +256,32 @@ class Registry:
             command = self.lookup("arbiter", name)
             self._commands["arbiter", name] = dataclasses.replace(command, workers=True)
 
+    def start(
+        self,
+        actor: Any,
+        kind: ActorKind,
+        name: object,
+        args: Mapping[str, Any],
+        *,
+        from_worker: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run command ``name`` in ``actor`` (a process of ``kind``): the result of a plain
+        handler at once, an awaitable of it for an async one (so that a plain command
+        costs no task). Failures as :meth:`call`, raised here or by the awaitable."""
+        command = self.lookup(kind, name, from_worker=from_worker)
+        kwargs = command.bind(args)
+        try:
+            result = command.handler(actor, **kwargs)
+        except CommandError:
+            raise
+        except Exception as exc:
+            raise _failed(command, exc) from None
+        if inspect.isawaitable(result):
+            limit = command.timeout if timeout is None else min(timeout, command.timeout)
+            return _finish(command, result, limit)
+        return result
+
     async def call(
         self,
         actor: Any,
@@ -256,25 +299,30 @@ class Registry:
         its type in ``CommandError.type``). An async handler runs at most the command's
         timeout, or ``timeout`` when shorter (the caller's).
         """
-        command = self.lookup(kind, name, from_worker=from_worker)
-        kwargs = command.bind(args)
-        limit = command.timeout if timeout is None else min(timeout, command.timeout)
-        try:
-            result = command.handler(actor, **kwargs)
-            if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, limit)
-        except CommandError:
-            raise
-        except asyncio.TimeoutError:
-            raise CommandError(
-                f"{command.name}: no answer within {limit:g}s", type="TimeoutError"
-            ) from None
-        except Exception as exc:
-            logger.exception("command %r failed", command.name)
-            raise CommandError(
-                f"{command.name}: {type(exc).__name__}: {exc}", type=type(exc).__name__
-            ) from None
+        result = self.start(actor, kind, name, args, from_worker=from_worker, timeout=timeout)
+        if inspect.isawaitable(result):
+            result = await result
         return result
+
+
+def _failed(command: Command, exc: Exception) -> CommandError:
+    """The error reply for a handler that raised ``exc`` (logged with its traceback)."""
+    logger.error("command %r failed", command.name, exc_info=exc)
+    return CommandError(f"{command.name}: {type(exc).__name__}: {exc}", type=type(exc).__name__)
+
+
+async def _finish(command: Command, running: Awaitable[Any], limit: float) -> Any:
+    """The result of an async handler, within ``limit`` seconds."""
+    try:
+        return await within(running, limit)
+    except CommandError:
+        raise
+    except asyncio.TimeoutError:
+        raise CommandError(
+            f"{command.name}: no answer within {limit:g}s", type="TimeoutError"
+        ) from None
+    except Exception as exc:
+        raise _failed(command, exc) from None
 
 
 def _short(value: object) -> str:

@@ -15,7 +15,15 @@ from typing import Any
 from .errors import ProtocolError
 from .messages import Direction, Message, validate
 
-__all__ = ["HEADER", "MAX_DEPTH", "MAX_FRAME", "FrameDecoder", "encode", "nesting_exceeds"]
+__all__ = [
+    "HEADER",
+    "MAX_DEPTH",
+    "MAX_FRAME",
+    "FrameDecoder",
+    "encode",
+    "may_nest_deeper",
+    "nesting_exceeds",
+]
 
 #: Largest frame payload accepted or sent. Messages are control messages and per-worker
 #: stats (well under 4 KiB); 64 KiB leaves room for command results such as a stack dump
@@ -31,20 +39,31 @@ MAX_DEPTH = 32
 HEADER = struct.Struct(">I")
 
 
+#: Compact JSON, built once (``json.dumps`` with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(msg: Mapping[str, Any]) -> bytes:
     """One frame for ``msg``. Raises ValueError for a message that is ours to fix:
-    malformed, not JSON-serialisable, or larger than MAX_FRAME."""
+    malformed, not JSON-serialisable, nested deeper than MAX_DEPTH or larger than
+    MAX_FRAME: what the peer's decoder would refuse is never sent."""
     try:
-        payload = json.dumps(
-            validate(dict(msg)), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        payload = _ENCODER.encode(validate(dict(msg))).encode("utf-8")
     except (ProtocolError, TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"cannot encode IPC message: {exc}") from None
-    if nesting_exceeds(msg, MAX_DEPTH):
+    if may_nest_deeper(payload, MAX_DEPTH) and nesting_exceeds(msg, MAX_DEPTH):
         raise ValueError(f"cannot encode IPC message: nested deeper than {MAX_DEPTH} levels")
     if len(payload) > MAX_FRAME:
         raise ValueError(f"IPC message too large: {len(payload)} bytes (max {MAX_FRAME})")
     return HEADER.pack(len(payload)) + payload
+
+
+def may_nest_deeper(payload: bytes, limit: int) -> bool:
+    """Could the JSON text ``payload`` nest arrays and objects deeper than ``limit``?
+    False is certain: every level opens with a ``[`` or ``{`` byte, so a payload with at
+    most ``limit`` of them (counting those inside strings too) cannot. Two C-speed scans,
+    where :func:`nesting_exceeds` walks every value in Python."""
+    return payload.count(b"{") + payload.count(b"[") > limit
 
 
 def nesting_exceeds(value: object, limit: int) -> bool:
@@ -69,12 +88,17 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: Strict JSON (no NaN or Infinity), built once (``json.loads`` with options builds a
+#: decoder per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _decode_payload(payload: bytes, receiving: Direction) -> Message:
     try:
-        value = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        value = _DECODER.decode(payload.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(f"invalid JSON payload: {exc}") from None
-    if nesting_exceeds(value, MAX_DEPTH):
+    if may_nest_deeper(payload, MAX_DEPTH) and nesting_exceeds(value, MAX_DEPTH):
         raise ProtocolError(f"JSON payload nested deeper than {MAX_DEPTH} levels")
     return validate(value, receiving)
 

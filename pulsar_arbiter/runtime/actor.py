@@ -234,9 +234,9 @@ class ActorProcess:
             grace = self.cfg.graceful_timeout if timeout is None else timeout
             self.stop(grace if graceful else 0.0)
 
-    async def _run_command(self, name: str, args: dict[str, Any]) -> Any:
+    def _run_command(self, name: str, args: dict[str, Any]) -> Any:
         """A command routed to this actor, through the registry."""
-        return await ipc.COMMANDS.call(self, "actor", name, args)
+        return ipc.COMMANDS.start(self, "actor", name, args)  # plain: answered at once
 
 
 def _aborted(signum: int, frame: Any) -> None:

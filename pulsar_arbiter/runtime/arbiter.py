@@ -592,9 +592,10 @@ class Arbiter:
         else:  # reaped while we connected: nobody would ever close this channel
             channel.abort()
 
-    async def _worker_command(self, name: str, args: dict[str, Any]) -> Any:
-        """A worker's command: only those the registry lets workers call."""
-        return await ipc.COMMANDS.call(self, "arbiter", name, args, from_worker=True)
+    def _worker_command(self, name: str, args: dict[str, Any]) -> Any:
+        """A worker's command: only those the registry lets workers call (the result of a
+        plain one at once, an awaitable of an async one's)."""
+        return ipc.COMMANDS.start(self, "arbiter", name, args, from_worker=True)
 
     def _on_message(self, worker_id: int, channel: ipc.Channel, msg: ipc.Message) -> None:
         kind = msg["type"]
@@ -762,7 +763,8 @@ class Arbiter:
                 record = workers[int(key)] if kind == "worker" else actors[key]
                 call = self.channels[record.id].request(name, args, timeout=timeout)
             calls.append(member_answer(call, name, timeout))
-        answers = await asyncio.gather(*calls)
+        # One member (most calls): awaited in this task, not gathered in a task of its own.
+        answers = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         return dict(zip(names, answers, strict=True))
 
     async def _on_route(self, msg: ipc.Message) -> dict[str, dict[str, Any]]:

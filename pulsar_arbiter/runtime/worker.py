@@ -432,10 +432,10 @@ class Worker:
         if msg["type"] == "stop":  # the only notification that comes to workers
             self.stop(msg["graceful"], msg["timeout"], msg["handoff"])
 
-    async def _run_command(self, name: str, args: dict[str, Any]) -> Any:
+    def _run_command(self, name: str, args: dict[str, Any]) -> Any:
         """A command from the arbiter (``command`` or ``notify``), through the registry."""
         self.commands += 1
-        return await ipc.COMMANDS.call(self, "worker", name, args)
+        return ipc.COMMANDS.start(self, "worker", name, args)  # plain: answered at once
 
 
 def _adopted(sock: socket.socket, task: asyncio.Task[Any]) -> None:
