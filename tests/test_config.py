@@ -438,3 +438,15 @@ def test_ctl_reads_its_flags_from_the_registry() -> None:
     with pytest.raises(ConfigError, match="--name: expected letters"):
         convert_given(bad, ("name",))
     assert "--control-socket" in parser.format_help()
+
+
+def test_gunicorn_access_logformat_is_an_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    """gunicorn's ``--access-logformat`` sets ``--access-log-format``; a bad value names
+    our flag, and --help lists both."""
+    fmt = '%(h)s "%(r)s" %(s)s'
+    assert load_config(["--access-logformat", fmt]).access_log_format == fmt
+    assert load_config(["--access-log-format", fmt]).access_log_format == fmt
+    assert error_of(["--access-logformat", "%(h"]).startswith("--access-log-format")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "--access-log-format FORMAT, --access-logformat FORMAT" in capsys.readouterr().out

@@ -804,6 +804,7 @@ class Config:
     )
     access_log_format: str = setting(
         "--access-log-format",
+        "--access-logformat",  # gunicorn's name
         convert=access_format,
         default=DEFAULT_ACCESS_FORMAT,
         metavar="FORMAT",
