@@ -1006,6 +1006,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         allow_abbrev=False,
     )
+    # Handled by the CLI before this parser runs (cli.main): declared so --help lists them.
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print our version, Python's, the event loop's and the core's, then exit",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="validate the settings, import the app and the --hooks module, then exit: 0 "
+        "when all is well, 2 with the error on one line",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in SETTINGS:
         group = groups.get(spec.section)
@@ -1101,6 +1115,8 @@ def load_config(argv: Sequence[str]) -> Config:
     """Parse ``argv`` (without the program name), read --config, validate; the resulting
     Config has every setting. Raises ConfigError; ``--help`` prints and exits 0."""
     given = vars(build_parser().parse_args(list(argv)))
+    for name in ("version", "check_config"):  # the CLI's (cli.main), not settings
+        given.pop(name, None)
     if given.get("app") is None:
         given.pop("app", None)
     values: dict[str, Any] = {}
