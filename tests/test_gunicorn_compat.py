@@ -5,12 +5,14 @@ format, and --reload."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,5 +183,99 @@ def test_reload_rolls_new_code_and_survives_broken_code(app_dir: Path) -> None:
         assert get(server.port).endswith("v2"), "the old workers still serve"
         (app_dir / "webapp.py").write_text(APP.replace("v1", "v4"))
         wait_until(lambda: get(server.port).endswith("v4"), 20.0, "the fix to answer")
+    finally:
+        server.close()
+
+
+def test_log_format_json_error_and_access_logs(app_dir: Path) -> None:
+    """--log-format json: the error log and the access log, one JSON object per line."""
+    access = app_dir / "access.log"
+    server = arbiter(app_dir, "--log-format", "json", "--access-log", str(access)).start()
+    try:
+        server.wait_serving()
+        assert get(server.port) == "127.0.0.1 http v1"
+        wait_until(lambda: access.exists() and access.read_text().strip(), 5.0, "an access line")
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(15.0) == 0
+    finally:
+        server.close()
+    errors = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert len(errors) >= 3
+    assert all({"time", "level", "logger", "pid", "message"} <= set(e) for e in errors)
+    assert any("ready" in e["message"] for e in errors)
+    (request,) = [json.loads(line) for line in access.read_text().splitlines()]
+    assert request["remote_addr"] == "127.0.0.1" and request["status"] == 200
+    assert (request["method"], request["path"], request["query"]) == ("GET", "/x", "y=1")
+
+
+def test_post_fork_raising_is_a_failed_boot(app_dir: Path) -> None:
+    """For the first generation the arbiter exits 3 with the hook's error; later, a
+    replacement whose post_fork raises is retried with backoff, not in a tight loop."""
+    (app_dir / "forkhooks.py").write_text(
+        "import os\n"
+        "def post_fork(arbiter, worker):\n"
+        "    if not os.path.exists('db_up'):\n"
+        "        raise RuntimeError('no database for you')\n"
+    )
+    first = arbiter(app_dir, "--hooks", "forkhooks").start()
+    try:
+        assert first.wait_exit(30.0) == 3
+    finally:
+        first.close()
+    assert "exiting with status 3" in first.log() and "no database for you" in first.log()
+
+    (app_dir / "db_up").touch()
+    later = Arbiter(
+        app_dir / "later",
+        "webapp:application",
+        "--wsgi",
+        "--hooks",
+        "forkhooks",
+        cwd=app_dir,
+        workers=1,
+    )
+    (app_dir / "later").mkdir()
+    later.start()
+    try:
+        (victim,) = later.wait_serving().worker_pids()
+        (app_dir / "db_up").unlink()
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(2.5)
+        failed = later.log().count("exited with status 3 (failed to boot)")
+        assert later.exited() is None, "a worker served: the arbiter carries on"
+        # Backoff 0.5 s, 1 s, 2 s...: a few tries in 2.5 s, not a tight loop.
+        assert 1 <= failed <= 4, later.log()[-3000:]
+        assert "no database for you" in later.log()
+    finally:
+        later.close()
+
+
+def _rolled(server: Arbiter, before: set[int]) -> bool:
+    now = server.worker_pids()
+    return bool(now) and not now & before
+
+
+def test_reload_include_and_exclude(app_dir: Path) -> None:
+    """An included non-.py file rolls the workers; an excluded .py file does not."""
+    (app_dir / "page.html").write_text("<p>one</p>")
+    (app_dir / "scratch_test.py").write_text("X = 1\n")
+    server = arbiter(
+        app_dir,
+        "--reload",
+        "--reload-dir",
+        str(app_dir),
+        "--reload-include",
+        "*.html",
+        "--reload-exclude",
+        "*_test.py",
+    ).start()
+    try:
+        first = server.wait_serving().worker_pids()
+        (app_dir / "scratch_test.py").write_text("X = 2\n")
+        time.sleep(1.5)  # the debounce (0.3 s) and a rollout would be well under way
+        assert server.worker_pids() == first, "an excluded .py file rolls nothing"
+        assert "file(s) changed" not in server.log()
+        (app_dir / "page.html").write_text("<p>two</p>")
+        wait_until(lambda: _rolled(server, first), 20.0, "the workers to roll")
     finally:
         server.close()
