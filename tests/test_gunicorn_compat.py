@@ -279,3 +279,21 @@ def test_reload_include_and_exclude(app_dir: Path) -> None:
         wait_until(lambda: _rolled(server, first), 20.0, "the workers to roll")
     finally:
         server.close()
+
+
+def test_a_broken_save_logs_the_error_once(app_dir: Path) -> None:
+    """A burst of broken saves is debounced into one reload: the SyntaxError is logged once."""
+    server = arbiter(app_dir, "--reload", "--reload-dir", str(app_dir)).start()
+    try:
+        server.wait_serving()
+        broken = APP.replace("v1", "v2") + "\ndef broken(:\n"
+        for _ in range(5):  # an editor writing the file several times in a row
+            (app_dir / "webapp.py").write_text(broken)
+            time.sleep(0.02)
+        wait_until(lambda: "SyntaxError" in server.log(), 20.0, "the boot error logged")
+        time.sleep(2.0)  # a restart loop, or a second report, would show by now
+        assert get(server.port).endswith("v1"), "the old workers still serve"
+    finally:
+        server.close()
+    log = server.log()
+    assert log.count("SyntaxError") == 1, log[-3000:]

@@ -46,7 +46,7 @@ from .apps import AppError, import_app
 from .exits import EXIT_BOOT_FAILURE, EXIT_ERROR, EXIT_USAGE
 from .handoff import handoff_socketpair
 from .hooks import HookError, Hooks, load_hooks
-from .reloader import ReloadFilter, watch_dirs, watch_source
+from .reloader import DEBOUNCE_MS, ReloadFilter, watch_dirs, watch_source
 from .signals import ARBITER_SIGNALS
 from .spawn import loop_fds, start_process
 from .supervisor import (
@@ -134,6 +134,9 @@ class Arbiter:
         self.ready_pipe = take_ready_pipe()  # we are the new arbiter of a USR2
         self.hooks = Hooks()  # --hooks, loaded in run()
         self._source_watch: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+        # --reload: the files changed since the source went quiet, and its timer.
+        self._source_paths: set[str] = set()
+        self._source_quiet: asyncio.TimerHandle | None = None
 
     @staticmethod
     def _supervisor(cfg: Config) -> Supervisor:
@@ -340,6 +343,8 @@ class Arbiter:
             if signum != signal.SIGCHLD:
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
+        if self._source_quiet is not None:
+            self._source_quiet.cancel()
         if self._source_watch is not None:
             stop, task = self._source_watch
             stop.set()
@@ -455,6 +460,16 @@ class Arbiter:
         LOGGER.info("reload: watching %s", ", ".join(dirs))
 
     def _source_changed(self, paths: set[str]) -> None:
+        """Reload once the source has been quiet for the debounce: an editor's burst of
+        saves, even one watchfiles reports as several sets, is one reload."""
+        self._source_paths |= paths
+        if self._source_quiet is not None:
+            self._source_quiet.cancel()
+        loop = asyncio.get_running_loop()
+        self._source_quiet = loop.call_later(DEBOUNCE_MS / 1000, self._source_settled)
+
+    def _source_settled(self) -> None:
+        paths, self._source_paths, self._source_quiet = self._source_paths, set(), None
         shown = ", ".join(sorted(os.path.relpath(p) for p in paths)[:3])
         LOGGER.info("reload: %d file(s) changed (%s)", len(paths), shown)
         self.reload()
@@ -688,10 +703,10 @@ class Arbiter:
         )
         if exited.rollout_stopped:
             LOGGER.error(
-                "a new worker of generation %d failed to boot%s: rollout stopped, %d old "
-                "worker(s) keep serving; fix the app, then reload (HUP) again",
+                "a new worker of generation %d failed to boot (the worker logged why): "
+                "rollout stopped, %d old worker(s) keep serving; fix the app, then reload "
+                "(HUP) again",
                 self.sup.generation,
-                f" ({self.sup.last_error})" if self.sup.last_error else "",
                 len(self.sup.old_serving()),
             )
 
