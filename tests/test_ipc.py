@@ -877,3 +877,20 @@ def test_a_timed_out_request_leaves_nothing_behind(loop: asyncio.AbstractEventLo
         await close_all(arbiter, worker)
 
     run(loop, main())
+
+
+def test_frames_queued_in_one_turn_go_out_together_and_close_flushes_them(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def main() -> None:
+        mine, theirs = socket.socketpair()
+        channel = await Channel.connect(mine, Inbox())
+        for n in range(50):
+            assert channel.send(ipc.heartbeat({"n": n}))
+        channel.close()  # before the loop turns: what is queued still goes out
+        await channel.closed
+        got = await asyncio.get_running_loop().run_in_executor(None, read_frames, theirs, 50)
+        assert [m["stats"]["n"] for m in got] == list(range(50))
+        theirs.close()
+
+    run(loop, main())

@@ -34,6 +34,7 @@ __all__ = [
     "TARGET",
     "Actor",
     "Router",
+    "answer_here",
     "command",
     "get_actor",
     "member_answer",
@@ -166,6 +167,25 @@ async def member_answer(call: Any, name: str, timeout: float) -> dict[str, Any]:
         return {"error": f"{name}: the process exited before answering", "type": "ChannelClosed"}
     except ValueError as exc:  # the message or the result could not be sent
         return {"error": f"{name}: {exc}", "type": "ValueError"}
+
+
+def answer_here(
+    member: str, start: Callable[[], Any], name: str, timeout: float
+) -> dict[str, dict[str, Any]] | Awaitable[dict[str, dict[str, Any]]]:
+    """A routed call's answers when its one member is this process: ``start()`` runs the
+    command (``Registry.start``). A plain command's answer comes at once, so the channel
+    replies without a task; an async one's is awaitable, bounded by ``timeout``."""
+    try:
+        call = start()
+    except CommandError as exc:
+        return {member: {"error": str(exc), "type": exc.type}}
+    if not inspect.isawaitable(call):
+        return {member: {"result": call}}
+    return _answers_of(member, member_answer(call, name, timeout))
+
+
+async def _answers_of(member: str, answer: Awaitable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {member: await answer}
 
 
 def _checked_args(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:

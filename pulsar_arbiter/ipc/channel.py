@@ -9,7 +9,8 @@ A request that says how long its caller waits (``timeout``) is cancelled then, s
 nothing of a call the caller gave up on stays behind.
 
 Costs per message, kept small: a plain (not async) handler is answered at once, without
-a task; the frames answered while a read is handled go out in one write; a request's
+a task; frames are queued and written together once per loop turn (at the end of the
+read that produced them, else by a ``call_soon``), one syscall for many; a request's
 timeout is one timer (``loop.call_later``), not a ``wait_for`` task.
 """
 
@@ -45,6 +46,10 @@ logger = logging.getLogger("pulsar_arbiter.ipc")
 #: peer drains its end between events; 1 MiB is many seconds of heartbeats and replies, so
 #: reaching it means a stuck or dead peer, and growing further would only waste memory.
 MAX_WRITE_BUFFER = 1024 * 1024
+
+#: Bytes of queued frames written at once, without waiting for the end of the loop turn:
+#: what one turn queues stays bounded, and the write buffer's bound is checked as it grows.
+FLUSH_AT = 64 * 1024
 
 #: Commands from the peer running at once on one channel (unless the channel is given
 #: its own bound: a worker's is --max-commands). Ours take microseconds (a few are in
@@ -120,8 +125,11 @@ class Channel:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._commands: set[asyncio.Task[None]] = set()
-        #: Frames queued while a read is handled, written in one go at its end.
-        self._batch: list[bytes] | None = None
+        #: Frames queued, written in one go at the end of the read being handled
+        #: (``_reading``) or of the loop turn (a ``call_soon`` of :meth:`_flush`).
+        self._outbox: list[bytes] = []
+        self._queued = 0  # bytes in _outbox
+        self._reading = False
 
     @classmethod
     async def connect(
@@ -175,13 +183,24 @@ class Channel:
         transport = self._transport
         if transport is None or transport.is_closing():
             return False
-        if self._batch is not None:
-            self._batch.append(frame)
-            return True
-        self._write(transport, frame)
+        self._outbox.append(frame)
+        self._queued += len(frame)
+        if self._queued >= FLUSH_AT:
+            self._flush()
+        elif len(self._outbox) == 1 and not self._reading:
+            self.loop.call_soon(self._flush)
         return True
 
-    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
+    def _flush(self) -> None:
+        """Write the queued frames (one syscall), or drop them if the channel is closing."""
+        outbox, transport = self._outbox, self._transport
+        if not outbox:
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        self._queued = 0
+        if transport is None or transport.is_closing():
+            return
         transport.write(data)
         if transport.get_write_buffer_size() > self.max_write_buffer:
             logger.warning(
@@ -233,10 +252,13 @@ class Channel:
     def close(self) -> None:
         """Close after flushing what is queued; idempotent."""
         if self._transport is not None:
+            self._flush()
             self._transport.close()
 
     def abort(self) -> None:
         """Close now, dropping what is queued; idempotent."""
+        self._outbox.clear()
+        self._queued = 0
         if self._transport is not None:
             self._transport.abort()
 
@@ -249,8 +271,7 @@ class Channel:
             logger.error("IPC peer sent an invalid frame, closing the channel: %s", exc)
             self.abort()
             return
-        batch: list[bytes] = []
-        self._batch = batch
+        self._reading = True
         try:
             for msg in messages:
                 if self.is_closing:
@@ -263,10 +284,8 @@ class Channel:
                 else:
                     self._dispatch(msg)
         finally:
-            self._batch = None
-            transport = self._transport
-            if batch and transport is not None and not transport.is_closing():
-                self._write(transport, b"".join(batch))
+            self._reading = False
+            self._flush()
 
     def _resolve(self, msg: Message) -> None:
         future = self._pending.get(msg["id"])

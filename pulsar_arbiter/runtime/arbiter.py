@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ import multiprocess
 import psutil
 
 from .. import ipc
-from ..ipc.actor import member_answer, members, set_actor
+from ..ipc.actor import answer_here, member_answer, members, set_actor
 from ..ipc.commands import ActorKind
 from ..ops.binds import BindSpec, bind_socket, describe, tcp_migrate_req_enabled
 from ..ops.config import Config, ConfigError, load_config, unreloadable_changes
@@ -782,11 +783,17 @@ class Arbiter:
         answers = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         return dict(zip(names, answers, strict=True))
 
-    async def _on_route(self, msg: ipc.Message) -> dict[str, dict[str, Any]]:
-        """A worker's or an actor's ``send()``."""
-        return await self.route(
-            msg["target"], msg["name"], msg["args"], msg["timeout"], from_child=True
-        )
+    def _on_route(self, msg: ipc.Message) -> Any:
+        """A worker's or an actor's ``send()``: its answers, or an awaitable of them. A
+        plain command of the arbiter's is answered at once (no task per call)."""
+        target, name, args, timeout = msg["target"], msg["name"], msg["args"], msg["timeout"]
+        if target == "arbiter":
+            timeout = min(timeout, MAX_CALL_TIMEOUT)
+            start = functools.partial(
+                ipc.COMMANDS.start, self, "arbiter", name, args, from_worker=True, timeout=timeout
+            )
+            return answer_here("arbiter", start, name, timeout)
+        return self.route(target, name, args, timeout, from_child=True)
 
     # -- operations: health and metrics, systemd, USR2 (issue 12) ----------------------
 
