@@ -9,8 +9,9 @@ A request that says how long its caller waits (``timeout``) is cancelled then, s
 nothing of a call the caller gave up on stays behind.
 
 Costs per message, kept small: a plain (not async) handler is answered at once, without
-a task; frames are queued and written together once per loop turn (at the end of the
-read that produced them, else by a ``call_soon``), one syscall for many; a request's
+a task; the first frame of a loop turn is written at once, the next ones are queued and
+written together (at the end of the read that produced them, else at the end of the
+turn, by a ``call_soon``), one syscall for many; a request's
 timeout is one timer (``loop.call_later``), not a ``wait_for`` task.
 """
 
@@ -130,6 +131,7 @@ class Channel:
         self._outbox: list[bytes] = []
         self._queued = 0  # bytes in _outbox
         self._reading = False
+        self._turn = False  # a frame went out this loop turn: queue the next ones
 
     @classmethod
     async def connect(
@@ -183,13 +185,23 @@ class Channel:
         transport = self._transport
         if transport is None or transport.is_closing():
             return False
+        if not (self._reading or self._turn):
+            # The first frame of a loop turn goes out now (no added latency); the rest of
+            # the turn's are queued, and written together when it ends.
+            self._turn = True
+            self.loop.call_soon(self._end_turn)
+            self._outbox.append(frame)
+            self._flush()
+            return True
         self._outbox.append(frame)
         self._queued += len(frame)
         if self._queued >= FLUSH_AT:
             self._flush()
-        elif len(self._outbox) == 1 and not self._reading:
-            self.loop.call_soon(self._flush)
         return True
+
+    def _end_turn(self) -> None:
+        self._turn = False
+        self._flush()
 
     def _flush(self) -> None:
         """Write the queued frames (one syscall), or drop them if the channel is closing."""
