@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +30,8 @@ from ..ops.config import ActorSpec, Config
 from ..ops.logs import reopen_log_files
 from .apps import AppError, import_app
 from .exits import WORKER_ABORTED, WORKER_BOOT_ERROR
-from .spawn import reset_after_fork
-from .worker import _drop_privileges, heartbeat_interval, new_loop
+from .spawn import run_child
+from .worker import heartbeat_interval
 
 __all__ = ["ActorProcess", "ActorProcessSpec", "run_actor"]
 
@@ -55,31 +54,15 @@ class ActorProcessSpec:
     close_fds: list[int] = field(default_factory=list)
 
 
-def _set_title(spec: ActorProcessSpec) -> None:
-    with contextlib.suppress(ImportError):
-        import setproctitle
-
-        setproctitle.setproctitle(f"pulsar_arbiter: actor {spec.actor.name} [{spec.cfg.name}]")
-
-
 def run_actor(spec: ActorProcessSpec) -> None:
     """The child process's entry point: run the actor until told to stop, then exit."""
-    reset_after_fork(spec.arbiter_pid, spec.close_fds)
-    _set_title(spec)
-    loop = new_loop(spec.cfg.loop)
-    try:
-        _drop_privileges(spec.cfg)
-    except OSError as exc:
-        LOGGER.error("cannot switch user/group: %s", exc)
-        sys.exit(WORKER_BOOT_ERROR)
-    asyncio.set_event_loop(loop)
-    try:
-        code = loop.run_until_complete(ActorProcess(spec, loop).main())
-    finally:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-    sys.exit(code)
+    run_child(
+        spec.arbiter_pid,
+        spec.close_fds,
+        spec.cfg,
+        f"pulsar_arbiter: actor {spec.actor.name} [{spec.cfg.name}]",
+        lambda loop: ActorProcess(spec, loop).main(),
+    )
 
 
 class ActorProcess:

@@ -11,14 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
+import pwd
 import signal
-from collections.abc import Callable, Iterable
-from typing import Any
+import sys
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, NoReturn
 
+from ..ops.config import Config
+from .exits import WORKER_BOOT_ERROR
 from .signals import ARBITER_SIGNALS, IGNORED_IN_WORKER
 
-__all__ = ["loop_fds", "reset_after_fork", "start_process"]
+__all__ = [
+    "drop_privileges",
+    "loop_fds",
+    "new_loop",
+    "reset_after_fork",
+    "run_child",
+    "set_title",
+    "start_process",
+]
+
+LOGGER = logging.getLogger("pulsar_arbiter.worker")
 
 PR_SET_PDEATHSIG = 1
 
@@ -75,3 +90,76 @@ def reset_after_fork(arbiter_pid: int, close_fds: Iterable[int]) -> None:
     _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != arbiter_pid:  # the arbiter died before prctl took effect
         os._exit(0)
+
+
+def drop_privileges(cfg: Config) -> None:
+    """Become ``--user``/``--group`` (after the arbiter bound any privileged port).
+
+    The supplementary groups go too: a worker that kept root's (group 0 among them)
+    could read what root made group-readable. They become the user's own groups.
+    """
+    if cfg.user is None and cfg.group is None:
+        return
+    gid = cfg.group if cfg.group is not None else os.getegid()
+    if os.geteuid() == 0:
+        name = None
+        if cfg.user is not None:
+            with contextlib.suppress(KeyError):
+                name = pwd.getpwuid(cfg.user).pw_name
+        if name is not None:
+            os.initgroups(name, gid)
+        else:
+            os.setgroups([gid])
+    if os.getegid() != gid:
+        os.setgid(gid)
+    if cfg.user is not None and os.geteuid() != cfg.user:
+        os.setuid(cfg.user)
+
+
+def set_title(title: str) -> None:
+    """What ``ps`` shows for this process (when setproctitle is installed)."""
+    with contextlib.suppress(ImportError):
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A fresh loop of kind ``name`` ("uvloop" or "asyncio"), made in the child only."""
+    if name == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+def run_child(
+    arbiter_pid: int,
+    close_fds: Iterable[int],
+    cfg: Config,
+    title: str,
+    main: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, int]],
+) -> NoReturn:
+    """A forked child of the arbiter (a worker, an actor) from the fork to the exit.
+
+    Undo the arbiter's state, name the process, make the loop (with the arbiter's
+    rights: they may be the only ones that can read the Python install), drop to
+    ``--user``/``--group``, run ``main(loop)`` and exit with its status.
+    """
+    reset_after_fork(arbiter_pid, close_fds)
+    set_title(title)
+    loop = new_loop(cfg.loop)
+    try:
+        drop_privileges(cfg)
+    except OSError as exc:
+        LOGGER.error("cannot switch user/group: %s", exc)
+        sys.exit(WORKER_BOOT_ERROR)
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(main(loop))
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    sys.exit(code)

@@ -12,11 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import socket
 import ssl
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,7 +34,7 @@ from .apps import AppError, Factories, build_factories
 from .exits import WORKER_ABORTED, WORKER_BOOT_ERROR
 from .handoff import HandoffReceiver, HandoffSender
 from .hooks import Hooks, load_hooks
-from .spawn import reset_after_fork
+from .spawn import run_child
 from .traffic import Traffic, tcp_bytes
 
 __all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
@@ -70,66 +68,15 @@ class WorkerSpec:
     handoff: tuple[socket.socket, socket.socket] | None = None
 
 
-def _drop_privileges(cfg: Config) -> None:
-    """Become ``--user``/``--group`` (after the arbiter bound any privileged port).
-
-    The supplementary groups go too: a worker that kept root's (group 0 among them)
-    could read what root made group-readable. They become the user's own groups.
-    """
-    if cfg.user is None and cfg.group is None:
-        return
-    gid = cfg.group if cfg.group is not None else os.getegid()
-    if os.geteuid() == 0:
-        name = None
-        if cfg.user is not None:
-            with contextlib.suppress(KeyError):
-                name = pwd.getpwuid(cfg.user).pw_name
-        if name is not None:
-            os.initgroups(name, gid)
-        else:
-            os.setgroups([gid])
-    if os.getegid() != gid:
-        os.setgid(gid)
-    if cfg.user is not None and os.geteuid() != cfg.user:
-        os.setuid(cfg.user)
-
-
-def _set_title(cfg: Config) -> None:
-    with contextlib.suppress(ImportError):
-        import setproctitle
-
-        setproctitle.setproctitle(f"pulsar_arbiter: worker [{cfg.name}]")
-
-
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "uvloop":
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        return loop
-    return asyncio.new_event_loop()
-
-
 def run_worker(spec: WorkerSpec) -> None:
     """The child process's entry point: serve until told to stop, then exit."""
-    reset_after_fork(spec.arbiter_pid, spec.close_fds)
-    _set_title(spec.cfg)
-    # The loop first: its modules are imported with the arbiter's rights, which may be
-    # the only ones that can read the Python install.
-    loop = new_loop(spec.cfg.loop)
-    try:
-        _drop_privileges(spec.cfg)
-    except OSError as exc:
-        LOGGER.error("cannot switch user/group: %s", exc)
-        sys.exit(WORKER_BOOT_ERROR)
-    asyncio.set_event_loop(loop)
-    try:
-        code = loop.run_until_complete(Worker(spec, loop).main())
-    finally:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-    sys.exit(code)
+    run_child(
+        spec.arbiter_pid,
+        spec.close_fds,
+        spec.cfg,
+        f"pulsar_arbiter: worker [{spec.cfg.name}]",
+        lambda loop: Worker(spec, loop).main(),
+    )
 
 
 class Worker:
