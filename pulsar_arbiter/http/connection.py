@@ -373,7 +373,7 @@ class HttpConnection(Connection):
         if request.complete:
             consumer.on_message()
             return
-        if request.expect_continue:
+        if request.expect_continue and consumer.continue_at_once:
             self._write_now(CONTINUE)
         consumer.on_head()
 
@@ -735,6 +735,9 @@ class HttpConnection(Connection):
             and transport.get_extra_info("sslcontext") is None
         ):
             self._peer_eof = True
+            consumer = self._current_consumer
+            if consumer is not None:
+                consumer.on_peer_eof()
             return True
         return None
 

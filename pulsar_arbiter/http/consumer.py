@@ -59,12 +59,20 @@ class HttpConsumer(ProtocolConsumer):
     _no_body = False
     _keep = True
     _length_left: int | None = None
+    #: Whether the connection answers ``Expect: 100-continue`` when it dispatches the
+    #: request; a consumer that sets it False writes ``CONTINUE`` itself, when its app
+    #: first asks for the body (the ASGI one does).
+    continue_at_once = True
 
     def on_head(self) -> None:
         """The request line and headers are parsed; the body is on its way."""
 
     def on_message(self) -> None:
         """The whole request has arrived."""
+
+    def on_peer_eof(self) -> None:
+        """The peer closed its side (its request had arrived whole); the answer may still
+        go out on the half-open connection."""
 
     def on_peer_error(self, status: int, reason: str) -> None:
         """The peer broke the protocol or a limit while sending this request's body."""

@@ -151,6 +151,16 @@ def path(value: object) -> str:
     return value
 
 
+def url_path(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
+        raise ValueError(f"expected a URL path such as /api, got {_got(value)}")
+    return value.rstrip("/")
+
+
 def existing_file(value: object) -> str:
     result = path(value)
     if not os.path.isfile(result):
@@ -456,16 +466,21 @@ def setting(
 
 
 _APP_SECTION = "application"
-_HTTP = "http (with --wsgi or --http)"
+_HTTP = "http (with --wsgi, --http or --asgi)"
 
-#: The HTTP settings, which apply only with --wsgi or --http.
+#: The HTTP settings, which apply only with --wsgi, --http or --asgi.
 HTTP_SETTINGS = (
     "threads",
+    "lifespan",
+    "root_path",
+    "asgi_timeout",
     "limit_request_line",
     "limit_request_fields",
     "limit_request_field_size",
     "limit_request_body",
 )
+#: The ASGI settings, which apply only with --asgi.
+ASGI_SETTINGS = ("lifespan", "root_path", "asgi_timeout")
 #: Longest request line or header field that may be allowed: a request's whole head
 #: must fit in what one connection may hold before its request is dispatched (1 MiB).
 MAX_HEAD = 1024 * 1024
@@ -515,6 +530,38 @@ class Config:
         default=False,
         help="APP is a raw HTTP request handler",
         section=_APP_SECTION,
+    )
+    asgi: bool = setting(
+        "--asgi",
+        kind="flag",
+        convert=flag,
+        default=False,
+        help="APP is an ASGI 3 application (HTTP and lifespan), served by the HTTP consumer",
+        section=_APP_SECTION,
+    )
+    lifespan: str = setting(
+        "--lifespan",
+        convert=choice("auto", "on", "off"),
+        default="auto",
+        help="ASGI only: run the app's lifespan scope (startup before a worker is ready, "
+        "shutdown when it stops); auto serves an app that fails it without it",
+        section=_HTTP,
+    )
+    root_path: str | None = setting(
+        "--root-path",
+        convert=optional(url_path),
+        metavar="PATH",
+        help="ASGI only: the path prefix the app is mounted at behind a proxy (scope root_path)",
+        section=_HTTP,
+    )
+    asgi_timeout: float = setting(
+        "--asgi-timeout",
+        convert=number(0, inclusive=True),
+        default=60.0,
+        metavar="SECONDS",
+        help="ASGI only: an app that has not started its response this long after the "
+        "request arrived is cancelled and answered 500; 0 waits forever",
+        section=_HTTP,
     )
     threads: int = setting(
         "--threads",
@@ -951,20 +998,26 @@ def _check_combinations(config: Config) -> None:
     if (config.certfile is None) != (config.keyfile is None):
         given = "--certfile" if config.certfile else "--keyfile"
         raise ConfigError(f"--certfile/--keyfile: TLS needs both, only {given} given")
-    if config.wsgi and config.http:
-        raise ConfigError("--wsgi/--http: choose one")
-    for name in ("wsgi", "http"):
+    kinds = [f"--{name}" for name in ("wsgi", "http", "asgi") if getattr(config, name)]
+    if len(kinds) > 1:
+        raise ConfigError(f"{'/'.join(kinds)}: choose one")
+    for name in ("wsgi", "http", "asgi"):
         if getattr(config, name) and config.app is None:
             raise ConfigError(f"--{name}: needs an APP (MODULE:ATTRIBUTE)")
     if config.proxy_headers and not (config.wsgi or config.http):
         raise ConfigError("--proxy-headers: only with --wsgi or --http")
     if config.threads and not config.wsgi:
         raise ConfigError("--threads: only with --wsgi (a thread pool runs WSGI apps)")
-    if not (config.wsgi or config.http):
+    if not config.asgi:
+        for name in ASGI_SETTINGS:
+            spec = _BY_NAME[name]
+            if getattr(config, name) != spec.get_default():
+                raise ConfigError(f"{spec.option}: only with --asgi")
+    if not (config.wsgi or config.http or config.asgi):
         for name in HTTP_SETTINGS:
             spec = _BY_NAME[name]
             if getattr(config, name) != spec.get_default():
-                raise ConfigError(f"{spec.option}: only with --wsgi or --http")
+                raise ConfigError(f"{spec.option}: only with --wsgi or --http or --asgi")
 
 
 def unreloadable_changes(old: Config, new: Config) -> list[str]:

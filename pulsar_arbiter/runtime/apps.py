@@ -3,7 +3,8 @@
 APP is ``module:attr`` importable from the current directory. It may be a
 ProtocolConsumer subclass (served through Connection on stream binds, one consumer per
 datagram on UDP binds), a callable returning a protocol factory (full control), or, with
-``--wsgi`` / ``--http``, a WSGI application or a raw HTTP handler.
+``--wsgi`` / ``--http`` / ``--asgi``, a WSGI application, a raw HTTP handler or an ASGI
+application.
 """
 
 from __future__ import annotations
@@ -85,6 +86,21 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
     reference = cfg.app or DEFAULT_APP
     if app is None:
         app = Echo if cfg.app is None else import_app(reference)
+    if cfg.asgi:
+        from ..http.asgi import asgi_protocol_factory
+
+        asgi = asgi_protocol_factory(
+            app,
+            limits=http_limits(cfg),
+            root_path=cfg.root_path or "",
+            lifespan=cfg.lifespan,  # type: ignore[arg-type]  # checked by the registry
+            timeout=cfg.asgi_timeout,
+        )
+        if cfg.access_log:  # records each answer's status and length for the log
+            from .access import recording_consumer
+
+            asgi.consumer_factory = recording_consumer(asgi.consumer_factory)
+        return Factories(asgi, None, f"ASGI app {reference}")
     if cfg.wsgi or cfg.http:
         from ..http import HttpProtocolFactory
         from ..http.wsgi import wsgi_protocol_factory

@@ -157,6 +157,10 @@ class Worker:
             self.hooks = load_hooks(self.cfg.hooks)
             await self.hooks.acall("post_fork", None, self)
             factories = build_factories(self.cfg, self.spec.app)
+            # An ASGI app's lifespan startup: a failing one is a failed boot.
+            startup = getattr(factories.stream, "startup", None)
+            if startup is not None:
+                await startup()
             await self._start_servers(factories)
         except (AppError, OSError, ImportError, ssl.SSLError) as exc:
             LOGGER.error("worker failed to boot: %s", exc)
@@ -173,6 +177,12 @@ class Worker:
         await self.hooks.acall_logged("post_worker_init", self)
         graceful, timeout, handoff = await self._stop
         await self._close_servers(timeout if graceful else 0.0, handoff)
+        shutdown = getattr(factories.stream, "shutdown", None)
+        if shutdown is not None:  # an ASGI app's lifespan shutdown
+            try:
+                await shutdown()
+            except Exception:
+                LOGGER.exception("worker %d: the app's shutdown failed", self.pid)
         # The app's thread pool (threaded WSGI): its requests are done or aborted by now.
         close_pool = getattr(factories.stream, "close", None)
         if callable(close_pool):
@@ -265,7 +275,7 @@ class Worker:
             self.traffic.adopted(task.result(), baseline)
 
     def _watch(self, server: TcpServer | DatagramServer) -> None:
-        self.traffic.watch(server, http=self.cfg.wsgi or self.cfg.http)
+        self.traffic.watch(server, http=self.cfg.wsgi or self.cfg.http or self.cfg.asgi)
         server.bind_event("max_requests", self._max_requests)
         if self.access_log is not None:
             self.access_log.watch(server)

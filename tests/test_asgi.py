@@ -1,0 +1,341 @@
+"""ASGI 3 apps (HTTP and lifespan) on the HTTP consumer: byte-level checks, a hand-written
+app over loopback on both loops, Starlette and FastAPI, and ``--asgi`` in real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from pulsar_arbiter.http.asgi import (
+    STREAM_HIGH,
+    AsgiConsumer,
+    Lifespan,
+    LifespanError,
+    _encode_headers,
+    _status_line,
+    asgi_protocol_factory,
+)
+from pulsar_arbiter.http.connection import HOLD_STREAM, HttpConnection
+from pulsar_arbiter.ops.config import ConfigError, load_config
+from pulsar_arbiter.servers import TcpServer
+from tests.conftest import Runner
+from tests.consumers import wait_for
+from tests.test_http import connect, get, read_eof, read_reply, serving
+from tests.test_http_state import checked_states  # noqa: F401 - a fixture
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+pytestmark = pytest.mark.usefixtures("checked_states")
+
+
+class App:
+    """A hand-written ASGI app: what a request does is chosen by its path."""
+
+    def __init__(self) -> None:
+        self.scopes: list[Scope] = []
+        self.received: list[Message] = []
+        self.go = asyncio.Event()
+        self.errors: list[BaseException] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.scopes.append(scope)
+        path = scope["path"]
+        if path == "/echo":  # the whole body back, with a Content-Length from the server
+            body = b""
+            while True:
+                message = await receive()
+                self.received.append(message)
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+        elif path == "/stream":  # chunked, three parts
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+            for part in (b"one,", b"two,", b"three"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/no-read":  # answers without reading the body
+            await send({"type": "http.response.start", "status": 413, "headers": []})
+            await send({"type": "http.response.body", "body": b"no"})
+        elif path == "/hold":  # receives once, then waits for the test
+            self.received.append(await receive())
+            await self.go.wait()
+            while (message := await receive())["more_body"]:
+                pass
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body"})
+        elif path == "/disconnect":  # waits for the client to go
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.received.append({"type": "http.disconnect"})
+        elif path == "/raise":
+            raise RuntimeError("boom")
+        elif path == "/raise-late":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            raise RuntimeError("late boom")
+        elif path == "/never":
+            await asyncio.Event().wait()
+        elif path == "/nothing":
+            return
+        else:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"hello"})
+
+
+@contextlib.asynccontextmanager
+async def asgi_serving(app: Any, **kw: Any) -> AsyncIterator[TcpServer]:
+    factory = asgi_protocol_factory(app, **kw)
+    await factory.startup()
+    async with serving(app, factory=factory) as server:
+        yield server
+    await factory.shutdown()
+
+
+# --------------------------------------------------------------------------- byte level
+def test_response_headers_are_checked() -> None:
+    block, length, close = _encode_headers(
+        [(b"Content-Type", b"text/plain"), (b"content-length", b"3"), (b"connection", b"close")]
+    )
+    assert (block, length, close) == (b"Content-Type: text/plain\r\n", 3, True)
+    for bad in ([(b"x", b"a\r\nb")], [(b"transfer-encoding", b"chunked")], [(b"a:b", b"1")]):
+        with pytest.raises(ValueError):
+            _encode_headers(bad)
+    assert _status_line(404).startswith(b"HTTP/1.1 404")
+    with pytest.raises(ValueError):
+        _status_line("200")
+
+
+# --------------------------------------------------------------------------- loopback
+def test_scope_and_keep_alive(run: Runner) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app, root_path="/api") as server:
+            port = server.address[1]
+            reader, writer = await connect(server)
+            writer.write(get("/a%20b/%C3%A9?x=1&y=%20", "X-Custom: Yes") + get("/2"))
+            for _ in range(2):
+                reply = await read_reply(reader)
+                assert (reply.status, reply.body) == (200, b"hello")
+                assert reply.header("content-length") == "5"
+            writer.close()
+        scope = app.scopes[0]
+        assert scope["type"] == "http"
+        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+        assert (scope["http_version"], scope["method"], scope["scheme"]) == ("1.1", "GET", "http")
+        assert scope["path"] == "/api/a b/é"
+        assert scope["raw_path"] == b"/api/a%20b/%C3%A9"
+        assert scope["query_string"] == b"x=1&y=%20"
+        assert scope["root_path"] == "/api"
+        assert (b"x-custom", b"Yes") in scope["headers"]
+        assert (b"host", b"test") in scope["headers"]
+        assert scope["client"][0] == "127.0.0.1" and isinstance(scope["client"][1], int)
+        assert scope["server"] == ("127.0.0.1", port)
+        assert "state" not in scope  # the app has no lifespan
+
+    run(main())
+
+
+def test_request_body_streams_and_response_is_framed(run: Runner) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            reader, writer = await connect(server)
+            writer.write(get("/echo", "Transfer-Encoding: chunked", method="POST"))
+            await wait_for(lambda: bool(app.scopes))
+            writer.write(b"3\r\nabc\r\n")
+            await wait_for(lambda: bool(app.received))
+            assert app.received[0] == {"type": "http.request", "body": b"abc", "more_body": True}
+            writer.write(b"2\r\nde\r\n0\r\n\r\n")
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body) == (200, b"abcde")
+            assert reply.header("content-length") == "5"
+            assert app.received[-1]["more_body"] is False
+            writer.write(get("/stream"))
+            reply = await read_reply(reader)
+            assert reply.body == b"one,two,three"
+            assert reply.header("transfer-encoding") == "chunked"
+            assert reply.header("x-a") == "1"
+            writer.write(get("/stream", method="HEAD"))
+            reply = await read_reply(reader, head=True)
+            assert (reply.status, reply.body) == (200, b"")
+            writer.write(get("/", method="HEAD"))
+            reply = await read_reply(reader, head=True)
+            assert (reply.body, reply.header("content-length")) == (b"", "5")
+            writer.write(get("/"))  # nothing of a HEAD's body was sent before this answer
+            assert (await read_reply(reader)).body == b"hello"
+            writer.close()
+
+    run(main())
+
+
+def test_reading_pauses_while_the_app_has_not_received(run: Runner) -> None:
+    app = App()
+    size = STREAM_HIGH * 12
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            reader, writer = await connect(server)
+            writer.write(get("/hold", f"Content-Length: {size}", method="PUT"))
+            writer.write(b"x" * size)
+            await wait_for(lambda: bool(app.received))
+            (protocol,) = server.connections
+            assert isinstance(protocol, HttpConnection)
+            connection = protocol
+            await wait_for(lambda: bool(connection._holds & HOLD_STREAM))
+            await asyncio.sleep(0.1)  # reading stays paused: at most one more read arrived
+            consumer = connection._current_consumer
+            assert isinstance(consumer, AsgiConsumer)
+            assert len(consumer._buffer) <= STREAM_HIGH + 256 * 1024
+            app.go.set()
+            reply = await read_reply(reader)
+            assert reply.status == 204
+            writer.close()
+
+    run(main())
+
+
+def test_expect_100_continue_when_the_app_receives(run: Runner) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            reader, writer = await connect(server)
+            writer.write(get("/echo", "Content-Length: 4", "Expect: 100-continue", method="PUT"))
+            assert (await read_reply(reader)).status == 100
+            writer.write(b"data")
+            assert (await read_reply(reader)).body == b"data"
+            writer.close()
+            # An app that answers without receiving: no 100, the answer, then a close.
+            reader, writer = await connect(server)
+            writer.write(get("/no-read", "Content-Length: 4", "Expect: 100-continue", method="PUT"))
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body) == (413, b"no")
+            writer.close()
+
+    run(main())
+
+
+def test_disconnect_is_received(run: Runner) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            _, writer = await connect(server)
+            writer.write(get("/disconnect"))
+            await wait_for(lambda: bool(app.scopes))
+            writer.close()
+            await wait_for(lambda: {"type": "http.disconnect"} in app.received)
+
+    run(main())
+
+
+def test_app_errors(run: Runner, caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app, timeout=0.3) as server:
+            reader, writer = await connect(server)
+            for path in ("/raise", "/nothing", "/never"):
+                writer.write(get(path))
+                reply = await read_reply(reader)
+                assert reply.status == 500, path
+            writer.write(get("/"))  # the connection was kept
+            assert (await read_reply(reader)).status == 200
+            writer.write(get("/raise-late"))
+            assert b"part" in await read_eof(reader)  # after the head: closed
+            writer.close()
+
+    with caplog.at_level(logging.ERROR):
+        run(main())
+    text = caplog.text
+    assert "boom" in text and "did not answer within 0.3s" in text
+    assert "returned without starting a response" in text
+
+
+def test_lifespan_state_startup_and_shutdown(run: Runner) -> None:
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                events.append(message["type"])
+                if message["type"] == "lifespan.startup":
+                    scope["state"]["db"] = "connected"
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = json.dumps(scope["state"]).encode()
+        scope["state"]["mutated"] = True  # a copy per request
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            reader, writer = await connect(server)
+            for _ in range(2):
+                writer.write(get("/"))
+                assert json.loads((await read_reply(reader)).body) == {"db": "connected"}
+            writer.close()
+
+    run(main())
+    assert events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+def test_lifespan_modes(run: Runner) -> None:
+    async def no_lifespan(scope: Scope, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+
+    async def failing(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+    async def main() -> None:
+        auto = Lifespan(no_lifespan, "auto")
+        await auto.startup()  # served without it
+        assert not auto.supported
+        await auto.shutdown()
+        with pytest.raises(LifespanError):
+            await Lifespan(no_lifespan, "on").startup()
+        with pytest.raises(LifespanError, match="no database"):
+            await Lifespan(failing, "auto").startup()
+        off = Lifespan(failing, "off")
+        await off.startup()
+        assert not off.supported
+
+    run(main())
+
+
+def test_settings() -> None:
+    config = load_config(["--asgi", "--lifespan", "on", "--root-path", "/x", "a:b"])
+    assert (config.asgi, config.lifespan, config.root_path) == (True, "on", "/x")
+    assert config.asgi_timeout == 60.0
+    for argv, message in (
+        (["--asgi", "--wsgi", "a:b"], "--wsgi/--asgi: choose one"),
+        (["--asgi", "--http", "a:b"], "--http/--asgi: choose one"),
+        (["--lifespan", "on", "--wsgi", "a:b"], "--lifespan: only with --asgi"),
+        (["--asgi-timeout", "3", "a:b"], "--asgi-timeout: only with --asgi"),
+        (["--asgi"], "--asgi: needs an APP"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_config(argv)
+        assert str(info.value).startswith(message), argv
