@@ -11,6 +11,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Mount, Route
 
 from pulsar_arbiter.http.asgi import (
     STREAM_HIGH,
@@ -339,3 +344,111 @@ def test_settings() -> None:
         with pytest.raises(ConfigError) as info:
             load_config(argv)
         assert str(info.value).startswith(message), argv
+
+
+# --------------------------------------------------------------------------- frameworks
+def fastapi_app(done: list[str]) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        yield {"greeting": "hi"}
+        done.append("shutdown")
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int, q: str = "") -> dict[str, Any]:
+        return {"item_id": item_id, "q": q}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, Any]:
+        return {"got": await request.json()}
+
+    @app.get("/state")
+    async def state(request: Request) -> dict[str, Any]:
+        return {"greeting": request.state.greeting}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield b"part%d;" % i
+
+        return StreamingResponse(parts(), media_type="text/plain")
+
+    @app.get("/background")
+    async def background(tasks: BackgroundTasks) -> dict[str, bool]:
+        tasks.add_task(done.append, "background")
+        return {"ok": True}
+
+    return app
+
+
+def test_fastapi(run: Runner) -> None:
+    done: list[str] = []
+    app = fastapi_app(done)
+
+    async def main() -> None:
+        async with asgi_serving(app, lifespan="on") as server:
+            reader, writer = await connect(server)
+            writer.write(get("/items/42?q=x"))
+            reply = await read_reply(reader)
+            assert (reply.status, json.loads(reply.body)) == (200, {"item_id": 42, "q": "x"})
+            writer.write(get("/items/nope"))
+            assert (await read_reply(reader)).status == 422
+            writer.write(get("/missing"))
+            assert (await read_reply(reader)).status == 404
+            body = b'{"a": [1, 2]}'
+            writer.write(
+                get(
+                    "/echo",
+                    "Content-Type: application/json",
+                    f"Content-Length: {len(body)}",
+                    method="POST",
+                )
+                + body
+            )
+            assert json.loads((await read_reply(reader)).body) == {"got": {"a": [1, 2]}}
+            writer.write(get("/state"))
+            assert json.loads((await read_reply(reader)).body) == {"greeting": "hi"}
+            writer.write(get("/stream"))
+            reply = await read_reply(reader)
+            assert reply.body == b"part0;part1;part2;"
+            assert reply.header("transfer-encoding") == "chunked"
+            writer.write(get("/background"))
+            assert json.loads((await read_reply(reader)).body) == {"ok": True}
+            await wait_for(lambda: "background" in done)
+            writer.close()
+
+    run(main())
+    assert done == ["background", "shutdown"]
+
+
+def test_starlette(run: Runner) -> None:
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"hello {request.path_params['name']} at {request.url.path}")
+
+    async def upload(request: Request) -> JSONResponse:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return JSONResponse({"size": size})
+
+    app = Starlette(
+        routes=[
+            Mount("/v1", routes=[Route("/hello/{name}", hello)]),
+            Route("/upload", upload, methods=["PUT"]),
+        ]
+    )
+
+    async def main() -> None:
+        async with asgi_serving(app, root_path="/prefix") as server:
+            reader, writer = await connect(server)
+            writer.write(get("/v1/hello/ann"))
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body) == (200, b"hello ann at /prefix/v1/hello/ann")
+            size = 300_000
+            writer.write(get("/upload", f"Content-Length: {size}", method="PUT") + b"y" * size)
+            assert json.loads((await read_reply(reader)).body) == {"size": size}
+            writer.close()
+
+    run(main())
