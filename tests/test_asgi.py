@@ -7,10 +7,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.applications import Starlette
@@ -31,8 +35,13 @@ from pulsar_arbiter.ops.config import ConfigError, load_config
 from pulsar_arbiter.servers import TcpServer
 from tests.conftest import Runner
 from tests.consumers import wait_for
+from tests.runtime import REPO_ROOT, Arbiter
 from tests.test_http import connect, get, read_eof, read_reply, serving
 from tests.test_http_state import checked_states  # noqa: F401 - a fixture
+from tests.test_runtime import no_leaks  # noqa: F401 - autouse: no leaked process or fd
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import chaos
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -452,3 +461,82 @@ def test_starlette(run: Runner) -> None:
             writer.close()
 
     run(main())
+
+
+# --------------------------------------------------------------------------- real processes
+@pytest.fixture(scope="module", autouse=True)
+def libuv_signal_pipe() -> None:
+    """libuv opens one signal pipe per process, the first time a uvloop loop is made, and
+    keeps it: made here, before the per-test fd snapshot, it is not taken for a leak."""
+    uvloop.new_event_loop().close()
+
+
+FASTAPI_MODULE = """
+import contextlib, os
+from pathlib import Path
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+
+HOME = Path(__file__).parent
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    if os.environ.get("FAIL_STARTUP"):
+        raise RuntimeError("no database on purpose")
+    (HOME / f"startup-{os.getpid()}").touch()
+    yield {"body": "Hello, World!"}
+    (HOME / f"shutdown-{os.getpid()}").touch()
+
+app = FastAPI(lifespan=lifespan)
+
+@app.get("/{path:path}")
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(request.state.body)
+"""
+
+
+def test_fastapi_through_hups_with_keep_alive_clients(tmp_path: Path) -> None:
+    (tmp_path / "fastapp.py").write_text(FASTAPI_MODULE)
+    home = tmp_path / "home"
+    home.mkdir()
+    args = ("--asgi", "--lifespan", "on")
+    arbiter = Arbiter(home, "fastapp:app", *args, workers=2, cwd=tmp_path).start()
+    try:
+        arbiter.wait_serving()
+        driver = chaos.Driver(arbiter.port)
+        clients = chaos.Clients(http_keepalive=16)
+
+        async def actions(driver: chaos.Driver) -> None:
+            await asyncio.sleep(0.3)  # every client connected and busy
+            await chaos.hups(arbiter, 2, 2, (0.7, 0.7))
+
+        chaos.run_async(driver.drive(clients, actions, limit=60))
+        outcome = chaos.Outcome("asgi-hup-keepalive", "")
+        outcome.absorb(driver)
+        print("\n".join(outcome.lines()))
+        assert outcome.tally.ok > 100
+        assert outcome.tally.failures == 0, outcome.tally.line()
+        arbiter.send(signal.SIGTERM)
+        assert arbiter.wait_exit(15.0) == 0
+    finally:
+        arbiter.close()
+    started = {p.name.split("-")[1] for p in tmp_path.glob("startup-*")}
+    stopped = {p.name.split("-")[1] for p in tmp_path.glob("shutdown-*")}
+    assert len(started) >= 6  # 2 workers, then 2 more per HUP
+    assert stopped == started  # every worker ran its lifespan shutdown
+
+
+def test_failing_lifespan_startup_is_a_failed_boot(tmp_path: Path) -> None:
+    (tmp_path / "fastapp.py").write_text(FASTAPI_MODULE)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"FAIL_STARTUP": "1"}
+    arbiter = Arbiter(home, "fastapp:app", "--asgi", workers=1, cwd=tmp_path, env=env).start()
+    try:
+        code = arbiter.wait_exit(15.0)
+        log = arbiter.log()
+        assert code != 0, log
+        assert "no database on purpose" in log
+        assert log.count("spawned worker") <= 1, "no respawn loop"
+    finally:
+        arbiter.close()
