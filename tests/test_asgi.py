@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from pulsar_arbiter.servers import TcpServer
 from tests.conftest import Runner
 from tests.consumers import wait_for
 from tests.runtime import REPO_ROOT, Arbiter
-from tests.test_http import connect, get, read_eof, read_reply, serving
+from tests.test_http import connect, get, read_eof, read_reply, read_slowly, serving
 from tests.test_http_state import checked_states  # noqa: F401 - a fixture
 from tests.test_runtime import no_leaks  # noqa: F401 - autouse: no leaked process or fd
 
@@ -48,6 +49,9 @@ Message = dict[str, Any]
 
 pytestmark = pytest.mark.usefixtures("checked_states")
 
+BIG_PART = b"z" * 65536
+BIG_PARTS = 256
+
 
 class App:
     """A hand-written ASGI app: what a request does is chosen by its path."""
@@ -57,6 +61,7 @@ class App:
         self.received: list[Message] = []
         self.go = asyncio.Event()
         self.errors: list[BaseException] = []
+        self.sent = 0
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
@@ -91,6 +96,12 @@ class App:
             while (await receive())["type"] != "http.disconnect":
                 pass
             self.received.append({"type": "http.disconnect"})
+        elif path == "/big":  # 16 MiB in 64 KiB parts, whatever the client's pace
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(BIG_PARTS):
+                await send({"type": "http.response.body", "body": BIG_PART, "more_body": True})
+                self.sent += 1
+            await send({"type": "http.response.body"})
         elif path == "/raise":
             raise RuntimeError("boom")
         elif path == "/raise-late":
@@ -221,6 +232,25 @@ def test_reading_pauses_while_the_app_has_not_received(run: Runner) -> None:
             app.go.set()
             reply = await read_reply(reader)
             assert reply.status == 204
+            writer.close()
+
+    run(main())
+
+
+def test_send_waits_for_a_slow_reader(run: Runner) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            reader, writer = await connect(server)
+            writer.write(get("/big"))
+            await wait_for(lambda: len(server.connections) == 1)
+            (connection,) = server.connections
+            await wait_for(lambda: connection.writing_paused)  # type: ignore[attr-defined]
+            await asyncio.sleep(0.1)
+            assert app.sent < BIG_PARTS  # the app waits while the client does not read
+            body = await read_slowly(reader)
+            assert body == BIG_PART * BIG_PARTS
             writer.close()
 
     run(main())
@@ -524,6 +554,22 @@ def test_fastapi_through_hups_with_keep_alive_clients(tmp_path: Path) -> None:
     stopped = {p.name.split("-")[1] for p in tmp_path.glob("shutdown-*")}
     assert len(started) > 2  # the HUPs replaced workers (two HUPs may make one rollout)
     assert stopped == started  # every worker ran its lifespan shutdown
+
+
+def test_asgi_with_wsgi_exits_2_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pulsar_arbiter", "--asgi", "--wsgi", "a:b"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip().splitlines() == [done.stderr.strip()]
+        and "--wsgi/--asgi: choose one" in done.stderr
+    )
 
 
 def test_failing_lifespan_startup_is_a_failed_boot(tmp_path: Path) -> None:

@@ -341,6 +341,11 @@ class AsgiConsumer(HttpConsumer):
             return
         if self._finished:
             return
+        if self._peer_eof and not self._head_sent:
+            # The client has gone and the app stopped on http.disconnect: nobody to answer.
+            self._connection.close()
+            self.finished(ConnectionResetError("the client went away"))
+            return
         if self._start is None:
             self.body_failed(RuntimeError("the ASGI app returned without starting a response"))
         else:

@@ -178,9 +178,9 @@ class Worker:
         graceful, timeout, handoff = await self._stop
         await self._close_servers(timeout if graceful else 0.0, handoff)
         shutdown = getattr(factories.stream, "shutdown", None)
-        if shutdown is not None:  # an ASGI app's lifespan shutdown
+        if shutdown is not None:  # an ASGI app's lifespan shutdown, within the grace period
             try:
-                await shutdown()
+                await asyncio.wait_for(shutdown(), max(timeout if graceful else 0.0, 1.0))
             except Exception:
                 LOGGER.exception("worker %d: the app's shutdown failed", self.pid)
         # The app's thread pool (threaded WSGI): its requests are done or aborted by now.
