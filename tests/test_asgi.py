@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from pulsar_arbiter.http.asgi import (
     STREAM_HIGH,
     AsgiConsumer,
+    AsgiProtocolFactory,
     Lifespan,
     LifespanError,
     _encode_headers,
@@ -33,6 +34,7 @@ from pulsar_arbiter.http.asgi import (
 )
 from pulsar_arbiter.http.connection import HOLD_STREAM, HttpConnection
 from pulsar_arbiter.ops.config import ConfigError, load_config
+from pulsar_arbiter.runtime.apps import build_factories
 from pulsar_arbiter.servers import TcpServer
 from tests.conftest import Runner
 from tests.consumers import wait_for
@@ -367,6 +369,26 @@ def test_lifespan_modes(run: Runner) -> None:
         assert not off.supported
 
     run(main())
+
+
+def test_proxy_headers(run: Runner) -> None:
+    app = App()
+    config = load_config(["--asgi", "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1", "a:b"])
+    factory = build_factories(config, app).stream
+    assert isinstance(factory, AsgiProtocolFactory)
+
+    async def main() -> None:
+        await factory.startup()
+        async with serving(app, factory=factory) as server:
+            reader, writer = await connect(server)
+            writer.write(get("/", "X-Forwarded-For: 10.1.2.3", "X-Forwarded-Proto: https"))
+            assert (await read_reply(reader)).status == 200
+            writer.close()
+        await factory.shutdown()
+
+    run(main())
+    assert app.scopes[0]["client"] == ("10.1.2.3", 0)
+    assert app.scopes[0]["scheme"] == "https"
 
 
 def test_settings() -> None:

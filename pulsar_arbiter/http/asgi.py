@@ -35,6 +35,7 @@ from .wire import CONTINUE, status_line
 
 __all__ = [
     "AsgiConsumer",
+    "AsgiProtocolFactory",
     "Lifespan",
     "LifespanError",
     "asgi_protocol_factory",

@@ -1004,8 +1004,8 @@ def _check_combinations(config: Config) -> None:
     for name in ("wsgi", "http", "asgi"):
         if getattr(config, name) and config.app is None:
             raise ConfigError(f"--{name}: needs an APP (MODULE:ATTRIBUTE)")
-    if config.proxy_headers and not (config.wsgi or config.http):
-        raise ConfigError("--proxy-headers: only with --wsgi or --http")
+    if config.proxy_headers and not (config.wsgi or config.http or config.asgi):
+        raise ConfigError("--proxy-headers: only with --wsgi or --http or --asgi")
     if config.threads and not config.wsgi:
         raise ConfigError("--threads: only with --wsgi (a thread pool runs WSGI apps)")
     if not config.asgi:

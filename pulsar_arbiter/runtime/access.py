@@ -128,6 +128,24 @@ def proxy_headers_wsgi(app: Callable[..., Any], allow: str) -> Callable[..., Any
     return proxied
 
 
+def proxy_headers_asgi(app: Callable[..., Any], allow: str) -> Callable[..., Any]:
+    """ASGI middleware: the scope's ``client`` and ``scheme`` from the forwarded headers of
+    trusted peers (the connection's peer is the scope's ``client``)."""
+    resolver = ForwardedResolver(allow)
+
+    async def proxied(scope: Any, receive: Any, send: Any) -> Any:
+        if scope["type"] == "http":
+            found = resolver.resolve(scope.get("client") or ("", 0), scope["headers"])
+            if found is not None:
+                if found.client is not None:
+                    scope["client"] = (found.client[0], found.client[1] or 0)
+                if found.scheme is not None:
+                    scope["scheme"] = found.scheme
+        return await app(scope, receive, send)
+
+    return proxied
+
+
 def proxy_headers_handler(handler: Callable[..., Any], allow: str) -> Callable[..., Any]:
     """Raw-handler wrapper: the request's ``client`` and ``scheme`` from the forwarded
     headers of trusted peers."""

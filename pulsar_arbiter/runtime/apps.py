@@ -89,6 +89,10 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
     if cfg.asgi:
         from ..http.asgi import asgi_protocol_factory
 
+        if cfg.proxy_headers:
+            from .access import proxy_headers_asgi
+
+            app = proxy_headers_asgi(app, cfg.forwarded_allow_ips)
         asgi = asgi_protocol_factory(
             app,
             limits=http_limits(cfg),
