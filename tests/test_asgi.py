@@ -305,6 +305,12 @@ def test_app_errors(run: Runner, caplog: pytest.LogCaptureFixture) -> None:
                 assert reply.status == 500, path
             writer.write(get("/"))  # the connection was kept
             assert (await read_reply(reader)).status == 200
+            # A slow upload is not a silent app: each part received restarts the deadline.
+            writer.write(get("/echo", "Content-Length: 3", method="PUT"))
+            for part in (b"a", b"b", b"c"):
+                await asyncio.sleep(0.2)
+                writer.write(part)
+            assert (await read_reply(reader)).body == b"abc"
             writer.write(get("/raise-late"))
             assert b"part" in await read_eof(reader)  # after the head: closed
             writer.close()

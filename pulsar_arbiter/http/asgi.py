@@ -14,7 +14,8 @@ while the client is slow to read. A response whose whole body comes in one event
 ``Content-Length``, else it is chunked (HTTP/1.1) or ends with the close (HTTP/1.0); HEAD
 responses send no body. An app that raises before starting its response gets a 500
 (logged once); after, its connection is aborted. An app that has not started its response
-``timeout`` seconds after the request was dispatched is cancelled and answered 500.
+``timeout`` seconds after the request was dispatched (or after it last received body
+bytes) is cancelled and answered 500; once the response has started it is not bounded.
 
 Lifespan (:class:`Lifespan`): ``startup()`` runs the app's lifespan scope up to
 ``lifespan.startup.complete``; its ``state`` dict is copied into every request's scope.
@@ -216,9 +217,15 @@ class AsgiConsumer(HttpConsumer):
         coro = connection.app(scope, self.asgi_receive, self.asgi_send)
         task = self._task_ = asyncio.ensure_future(coro)
         task.add_done_callback(self._done)
-        timeout = getattr(factory, "timeout", DEFAULT_TIMEOUT)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """(Re)start the deadline of the response's start: from the dispatch, then from
+        each body part the app receives (a slow upload is not a silent app)."""
+        self._stop_timer()
+        timeout = getattr(self._connection.http, "timeout", DEFAULT_TIMEOUT)
         if timeout:
-            self._timer = connection.loop.call_later(timeout, self._timed_out, timeout)
+            self._timer = self._connection.loop.call_later(timeout, self._timed_out, timeout)
 
     # -- the body stream the connection feeds (see HttpRequest.body_stream)
     def feed(self, data: bytes) -> None:
@@ -266,6 +273,8 @@ class AsgiConsumer(HttpConsumer):
             if self._held:
                 self._held = False
                 self._connection.release_reading(HOLD_STREAM)
+            if self._timer is not None:
+                self._arm_timer()
             return {"type": "http.request", "body": body, "more_body": not self._eof}
         while not (self._lost or self._peer_eof or self._complete or self._error is not None):
             await self._wait()
