@@ -29,9 +29,9 @@ from ..ipc.commands import ActorKind
 from ..ops.config import ActorSpec, Config
 from ..ops.logs import reopen_log_files
 from .apps import AppError, import_app
+from .child import ChildActor
 from .exits import WORKER_ABORTED, WORKER_BOOT_ERROR
 from .spawn import run_child
-from .worker import heartbeat_interval
 
 __all__ = ["ActorProcess", "ActorProcessSpec", "run_actor"]
 
@@ -65,40 +65,27 @@ def run_actor(spec: ActorProcessSpec) -> None:
     )
 
 
-class ActorProcess:
+class ActorProcess(ChildActor):
     """One supervised actor: its callable, heartbeat and IPC; the process's actor."""
 
     kind: ActorKind = "actor"
 
     def __init__(self, spec: ActorProcessSpec, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(spec.id, spec.cfg, spec.arbiter_pid, loop)
         self.spec = spec
-        self.cfg = spec.cfg
-        self.loop = loop
-        self.pid = os.getpid()
-        self.started = time.monotonic()
-        self.channel: ipc.Channel | None = None
         self.task: asyncio.Task[Any] | None = None
         self._stop: asyncio.Future[float] = loop.create_future()
-        self._beat: asyncio.TimerHandle | None = None
-
-    @property
-    def id(self) -> int:
-        return self.spec.id
 
     @property
     def name(self) -> str:
         return f"actor:{self.spec.actor.name}"
 
-    def info(self) -> dict[str, Any]:
-        """The actor's identity and stats (the ``info`` command)."""
-        channel = self.channel
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            **self.stats(),
-            "commands_running": channel.running if channel is not None else 0,
-            "calls_pending": channel.pending if channel is not None else 0,
-        }
+    @property
+    def stopping(self) -> bool:
+        return self._stop.done()
+
+    def _on_arbiter_gone(self) -> None:
+        self.stop(0.0)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -114,14 +101,6 @@ class ActorProcess:
 
     def reopen_logs(self) -> None:
         reopen_log_files()
-
-    async def _route(
-        self, target: str, name: str, args: dict[str, Any], timeout: float
-    ) -> dict[str, dict[str, Any]]:
-        if self.channel is None:
-            raise ipc.ChannelClosed("no channel to the arbiter")
-        answers: dict[str, dict[str, Any]] = await self.channel.route(target, name, args, timeout)
-        return answers
 
     async def main(self) -> int:
         self.channel = await ipc.Channel.connect(
@@ -150,7 +129,7 @@ class ActorProcess:
         self.task = asyncio.ensure_future(running, loop=self.loop)
         self.channel.send(ipc.ready(self.pid))
         LOGGER.info("actor %s ready (%s)", self.spec.actor.name, self.spec.actor.target)
-        self._schedule_beat()
+        self.start_heartbeat()
         await asyncio.wait([self.task, self._stop], return_when=asyncio.FIRST_COMPLETED)
         code = 0
         if self.task.done() and not self._stop.done():
@@ -161,12 +140,9 @@ class ActorProcess:
             self.task.cancel()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait({self.task}, timeout=self._stop.result())
-        if self._beat is not None:
-            self._beat.cancel()
+        self.stop_heartbeat()
         self.stop(0.0)  # we are leaving: the channel closing is not the arbiter dying
-        if not self.channel.is_closing:
-            self.channel.send(ipc.heartbeat(self.stats()))
-            self.channel.close()
+        self.send_last_beat()
         LOGGER.info("actor %s exiting", self.spec.actor.name)
         return code
 
@@ -194,22 +170,6 @@ class ActorProcess:
         """Cancel the callable and give it ``timeout`` seconds to finish."""
         if not self._stop.done():
             self._stop.set_result(timeout)
-
-    def _arbiter_gone(self, _: Any) -> None:
-        if not self._stop.done():
-            LOGGER.warning("actor %s: the arbiter is gone, stopping", self.spec.actor.name)
-            self.stop(0.0)
-
-    def _schedule_beat(self) -> None:
-        self._beat = self.loop.call_later(heartbeat_interval(self.cfg.timeout), self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        if os.getppid() != self.spec.arbiter_pid:
-            self._arbiter_gone(None)
-            return
-        if self.channel is not None and not self.channel.is_closing:
-            self.channel.send(ipc.heartbeat(self.stats()))
-        self._schedule_beat()
 
     def _on_message(self, channel: ipc.Channel, msg: ipc.Message) -> None:
         if msg["type"] == "stop":

@@ -31,24 +31,20 @@ from ..ops.logs import reopen_log_files
 from ..servers import DatagramServer, TcpServer
 from .access import AccessLog
 from .apps import AppError, Factories, build_factories
+from .child import ChildActor
 from .exits import WORKER_ABORTED, WORKER_BOOT_ERROR
 from .handoff import HandoffReceiver, HandoffSender
 from .hooks import Hooks, load_hooks
 from .spawn import run_child
 from .traffic import Traffic, tcp_bytes
 
-__all__ = ["WorkerSpec", "heartbeat_interval", "run_worker"]
+__all__ = ["WorkerSpec", "run_worker"]
 
 LOGGER = logging.getLogger("pulsar_arbiter.worker")
 
 #: Seconds the ``worker_abort`` hook may take after ABRT before the process ends anyway
 #: (SIGALRM's default action; the arbiter's KILL comes later still).
 ABORT_HOOK_TIMEOUT = 2.0
-
-
-def heartbeat_interval(timeout: float) -> float:
-    """Beat four times per timeout, at most every 5 s and at least every 0.1 s."""
-    return max(0.1, min(timeout / 4.0, 5.0))
 
 
 @dataclass
@@ -79,25 +75,20 @@ def run_worker(spec: WorkerSpec) -> None:
     )
 
 
-class Worker:
+class Worker(ChildActor):
     """One worker's servers, heartbeat and IPC; the process's actor (``worker:ID``)."""
 
     kind: ActorKind = "worker"
 
     def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(spec.id, spec.cfg, spec.arbiter_pid, loop)
         self.spec = spec
-        self.cfg = spec.cfg
-        self.loop = loop
-        self.pid = os.getpid()
-        self.started = time.monotonic()
         self.servers: list[TcpServer | DatagramServer] = []
         # The stream servers by the index of their bind: handed-over connections name it.
         self.tcp_servers: dict[int, TcpServer] = {}
-        self.channel: ipc.Channel | None = None
         self._stop: asyncio.Future[tuple[bool, float, bool]] = loop.create_future()
         self._sender: HandoffSender | None = None
         self._receiver: HandoffReceiver | None = None
-        self._beat: asyncio.TimerHandle | None = None
         self._retiring = False
         self._interrupted = False  # worker_int ran (a fast stop)
         self.traffic = Traffic()  # bytes and request durations, for the heartbeat
@@ -111,32 +102,15 @@ class Worker:
             self.access_log = AccessLog(formatter, resolver)
 
     @property
-    def id(self) -> int:
-        return self.spec.id
-
-    @property
     def name(self) -> str:
         return f"worker:{self.spec.id}"
 
-    def info(self) -> dict[str, Any]:
-        """The actor's identity and stats (the ``info`` command)."""
-        channel = self.channel
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            **self.stats(),
-            "commands_running": channel.running if channel is not None else 0,
-            "calls_pending": channel.pending if channel is not None else 0,
-        }
+    @property
+    def stopping(self) -> bool:
+        return self._stop.done()
 
-    async def _route(
-        self, target: str, name: str, args: dict[str, Any], timeout: float
-    ) -> dict[str, dict[str, Any]]:
-        """``send()`` from this worker: the arbiter routes it."""
-        if self.channel is None:
-            raise ipc.ChannelClosed("no channel to the arbiter")
-        answers: dict[str, dict[str, Any]] = await self.channel.route(target, name, args, timeout)
-        return answers
+    def _on_arbiter_gone(self) -> None:
+        self.stop(True, None)
 
     async def main(self) -> int:
         self.channel = await ipc.Channel.connect(
@@ -173,7 +147,7 @@ class Worker:
             self._stop_accepting()
         self.channel.send(ipc.ready(self.pid))
         LOGGER.info("worker %d ready (%s)", self.pid, factories.description)
-        self._schedule_beat()
+        self.start_heartbeat()
         await self.hooks.acall_logged("post_worker_init", self)
         graceful, timeout, handoff = await self._stop
         await self._close_servers(timeout if graceful else 0.0, handoff)
@@ -189,11 +163,8 @@ class Worker:
             close_pool(wait=False)
         if self._sender is not None:
             self._sender.close()
-        if self._beat is not None:
-            self._beat.cancel()
-        if not self.channel.is_closing:
-            self.channel.send(ipc.heartbeat(self.stats()))
-            self.channel.close()
+        self.stop_heartbeat()
+        self.send_last_beat()
         await self.hooks.acall_logged("worker_exit", None, self)
         LOGGER.info("worker %d exiting after %d requests", self.pid, self.requests)
         return 0
@@ -364,22 +335,6 @@ class Worker:
             if isinstance(server, TcpServer):
                 for protocol in server.connections:
                     protocol.abort()
-
-    def _arbiter_gone(self, _: Any) -> None:
-        if not self._stop.done():
-            LOGGER.warning("worker %d: the arbiter is gone, stopping", self.pid)
-            self.stop(True, None)
-
-    def _schedule_beat(self) -> None:
-        self._beat = self.loop.call_later(heartbeat_interval(self.cfg.timeout), self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        if os.getppid() != self.spec.arbiter_pid:
-            self._arbiter_gone(None)
-            return
-        if self.channel is not None and not self.channel.is_closing:
-            self.channel.send(ipc.heartbeat(self.stats()))
-        self._schedule_beat()
 
     def reopen_logs(self) -> None:
         """USR1 reached the arbiter: reopen the log files (after logrotate moved them)."""
