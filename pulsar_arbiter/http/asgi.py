@@ -1,6 +1,6 @@
 """ASGI 3 applications (HTTP spec 2.x and lifespan) on the HTTP consumer.
 
-Each request runs ``await app(scope, receive, send)`` as a task on the worker's loop, on
+Each request runs ``await app(scope, receive, send)`` in a task on the worker's loop, on
 the same connection and state machine as the raw and WSGI paths. A request with a body
 is handed to its app as soon as its head has arrived; ``receive()`` gives the body as it
 arrives (``http.request`` events with ``more_body``), and reading pauses while the app has
@@ -9,13 +9,38 @@ is answered when the app first calls ``receive()``. Once the body is received,
 ``receive()`` waits until the client goes away (or closes its side) or the response is
 complete, then returns ``http.disconnect``.
 
+The scope follows the HTTP spec 2.x: ``path`` is percent-decoded (UTF-8) and, like
+``raw_path``, begins with ``root_path`` (``--root-path``: the prefix a proxy stripped, as
+uvicorn does; the spec derives ``PATH_INFO`` by stripping ``root_path`` from ``path``);
+header names are lowercased; ``state`` is a shallow copy of the lifespan's;
+``extensions`` offers ``http.response.trailers``.
+
 ``send()`` takes ``http.response.start`` then ``http.response.body`` events; it waits
-while the client is slow to read. A response whose whole body comes in one event gets a
+while the client is slow to read, and raises ``ClientDisconnected`` (an ``OSError``) once
+the client has gone. A response whose whole body comes in one event gets a
 ``Content-Length``, else it is chunked (HTTP/1.1) or ends with the close (HTTP/1.0); HEAD
-responses send no body. An app that raises before starting its response gets a 500
-(logged once); after, its connection is aborted. An app that has not started its response
-``timeout`` seconds after the request was dispatched (or after it last received body
-bytes) is cancelled and answered 500; once the response has started it is not bounded.
+responses send no body. An app that raises before its first body event gets a 500 (logged
+once); after, its connection is aborted.
+
+Trailers (the ``http.response.trailers`` extension): a start with ``trailers: True`` is
+completed by ``http.response.trailers`` events (``more_trailers``) after the last body.
+They are sent, in the trailer section of a chunked body, only to an HTTP/1.1 client that
+sent ``TE: trailers`` (as the extension says), and never for HEAD or a status without a
+body; otherwise they are dropped and the response is framed as any other. A response with
+trailers is always chunked (an app's ``Content-Length`` is dropped: the two cannot go
+together).
+
+A silent app is bounded by ``timeout`` (``--asgi-timeout``, 60 s by default; 0: none): an
+app that has neither received a body part nor sent an event for that long is cancelled.
+Before its response has started it is answered 500; after, its connection is aborted, so
+the client sees a cut response instead of a hang (uvicorn and granian leave such an app
+running for ever, and the keep-alive timeout does not apply to a request in progress). A
+response that sends nothing while the client does not read counts as silent too. A
+long-lived stream (server-sent events, long polling) must send something (an SSE comment)
+more often than the timeout, or run with ``--asgi-timeout 0``. The deadlines are checked
+by one periodic sweep per worker (every quarter of the timeout, only while requests are
+in progress), so an app is cancelled between ``timeout`` and 1.25 x ``timeout`` after it
+went silent, and a request costs no timer of its own.
 
 Lifespan (:class:`Lifespan`): ``startup()`` runs the app's lifespan scope up to
 ``lifespan.startup.complete``; its ``state`` dict is copied into every request's scope.
@@ -32,11 +57,13 @@ from .connection import HOLD_STREAM, HttpConnection
 from .consumer import HttpConsumer
 from .factory import HttpProtocolFactory
 from .limits import Limits
+from .rules import FORBIDDEN_TRAILERS
 from .wire import CONTINUE, status_line
 
 __all__ = [
     "AsgiConsumer",
     "AsgiProtocolFactory",
+    "ClientDisconnected",
     "Lifespan",
     "LifespanError",
     "asgi_protocol_factory",
@@ -57,8 +84,10 @@ LIFESPAN_VERSION = {"version": "3.0", "spec_version": "2.0"}
 # Body bytes an app may leave unreceived before the connection stops reading: a few
 # socket reads; what receive() hands over at once is bounded by it too (plus one read).
 STREAM_HIGH = 64 * 1024
-# Seconds an app has to start its response when the factory is given no timeout.
+# Seconds an app may stay silent when the factory is given no timeout.
 DEFAULT_TIMEOUT = 60.0
+# The sweep of deadlines runs this many times per timeout (see the module's docstring).
+SWEEPS_PER_TIMEOUT = 4
 # Entries of the status line cache: codes repeat, but an app could send many.
 CACHE_SIZE = 512
 
@@ -73,6 +102,11 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
+# The response header names the encoder treats apart, by length: one dict lookup tells
+# an ordinary name (most of them) from one to compare.
+_SPECIAL_LENGTHS = frozenset(
+    len(name) for name in (*_HOP_BY_HOP, b"connection", b"content-length", b"date")
+)
 _status_lines: dict[int, bytes] = {}
 
 
@@ -80,11 +114,17 @@ class LifespanError(Exception):
     """The app's lifespan startup (or, with ``lifespan="on"``, support) failed."""
 
 
+class ClientDisconnected(ConnectionResetError):
+    """Raised by ``send()`` once the client has gone (spec 2.4: an ``OSError``)."""
+
+
 def _status_line(status: object) -> bytes:
-    if type(status) is not int or not 100 <= status <= 999:
+    if type(status) is not int:
         raise ValueError(f"invalid ASGI response status {status!r}")
     line = _status_lines.get(status)
     if line is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid ASGI response status {status!r}")
         if len(_status_lines) >= CACHE_SIZE:
             _status_lines.clear()
         line = _status_lines[status] = status_line(status)
@@ -96,26 +136,59 @@ def _encode_headers(headers: Any) -> tuple[bytes, int | None, bool]:
     parts: list[bytes] = []
     length: int | None = None
     close = False
-    for item in headers:
-        name, value = item
+    for name, value in headers:
+        if type(name) is not bytes:
+            name = bytes(name)
+        if type(value) is not bytes:
+            value = bytes(value)
+        if b":" in name:
+            raise ValueError(f"invalid character in ASGI response header name {name!r}")
+        if len(name) in _SPECIAL_LENGTHS:
+            lname = name.lower()
+            if lname == b"connection":
+                close = b"close" in value.lower()
+                continue
+            if lname == b"content-length":
+                if b"\r" in value or b"\n" in value:
+                    raise ValueError(f"invalid Content-Length {value!r}")
+                length = int(value)
+                if length < 0:
+                    raise ValueError(f"negative Content-Length {value!r}")
+                continue
+            if lname == b"date":
+                continue  # the server's own, cached per second
+            if lname in _HOP_BY_HOP:
+                raise ValueError(f"hop-by-hop header {name!r} is not allowed in an ASGI response")
+        parts.append(name + b": " + value + b"\r\n")
+    block = b"".join(parts)
+    # Each field line holds exactly one CR and one LF: its end.
+    count = len(parts)
+    if block.count(b"\n") != count or block.count(b"\r") != count:
+        raise ValueError(f"invalid character in ASGI response headers {headers!r}")
+    return block, length, close
+
+
+def _encode_trailers(headers: Any) -> bytes:
+    """The trailer section's field lines; fields a trailer may not carry are dropped."""
+    parts: list[bytes] = []
+    for name, value in headers:
         name, value = bytes(name), bytes(value)
         if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
-            raise ValueError(f"invalid character in ASGI response header {item!r}")
-        lname = name.lower()
-        if lname == b"content-length":
-            length = int(value)
-            if length < 0:
-                raise ValueError(f"negative Content-Length {value!r}")
+            raise ValueError(f"invalid character in ASGI response trailer {(name, value)!r}")
+        if not name or name.lower() in FORBIDDEN_TRAILERS:
             continue
-        if lname == b"connection":
-            close = b"close" in value.lower()
-            continue
-        if lname == b"date":
-            continue  # the server's own, cached per second
-        if lname in _HOP_BY_HOP:
-            raise ValueError(f"hop-by-hop header {name!r} is not allowed in an ASGI response")
         parts.append(name + b": " + value + b"\r\n")
-    return b"".join(parts), length, close
+    return b"".join(parts)
+
+
+def _accepts_trailers(request: Any) -> bool:
+    """Did the client send ``TE: trailers`` (RFC 9110, 10.1.4)?"""
+    for name, value in request.headers:
+        if len(name) == 2 and name.lower() == b"te":
+            for coding in value.lower().split(b","):
+                if coding.split(b";", 1)[0].strip() == b"trailers":
+                    return True
+    return False
 
 
 def _unquote(path: bytes) -> str:
@@ -159,24 +232,71 @@ def build_scope(
     base: dict[str, Any] | None = connection.adapter_state
     if base is None:
         base = connection.adapter_state = _base_scope(connection, root_path)
-    scope = base.copy()
     target = request.target
     if target[:1] == b"/":
         raw_path, _, query = target.partition(b"?")
     else:
         raw_path, query = request.split_target()
-    path = raw_path.decode("latin-1") if b"%" not in raw_path else _unquote(raw_path)
-    if not path.isascii() and b"%" not in raw_path:
+    if b"%" in raw_path:
+        path = _unquote(raw_path)
+    elif raw_path.isascii():
+        path = raw_path.decode("ascii")
+    else:
         path = raw_path.decode("utf-8", "surrogateescape")
-    scope["http_version"] = request.version
-    scope["method"] = request.method
-    scope["path"] = root_path + path
-    scope["raw_path"] = root_path.encode("utf-8") + raw_path
-    scope["query_string"] = query
-    scope["headers"] = [(name.lower(), value) for name, value in request.headers]
+    if root_path:
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    scope = {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": request.version,
+        "method": request.method,
+        "scheme": base["scheme"],
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": [(name.lower(), value) for name, value in request.headers],
+        "client": base["client"],
+        "server": base["server"],
+        "extensions": {"http.response.trailers": {}},
+    }
     if state is not None:
         scope["state"] = state.copy()
     return scope
+
+
+class _Deadlines:
+    """The silence deadlines of one factory's requests, checked by one periodic sweep.
+
+    A request stamps the sweep count (``tick``) when it starts and at each sign of life
+    (a body part received, an event sent); the sweep, every ``timeout / 4``, times out
+    those whose stamp is more than four sweeps old. It runs only while requests are in
+    progress, so an idle worker is not woken.
+    """
+
+    __slots__ = ("_handle", "interval", "running", "tick", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.interval = timeout / SWEEPS_PER_TIMEOUT
+        self.tick = 0
+        self.running: set[AsgiConsumer] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, consumer: AsgiConsumer, loop: asyncio.AbstractEventLoop) -> None:
+        self.running.add(consumer)
+        if self._handle is None:
+            self._handle = loop.call_later(self.interval, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tick = tick = self.tick + 1
+        running = self.running
+        expired = [c for c in running if tick - c._stamp > SWEEPS_PER_TIMEOUT]
+        for consumer in expired:
+            running.discard(consumer)
+            consumer._timed_out(self.timeout)
+        self._handle = loop.call_later(self.interval, self._sweep, loop) if running else None
 
 
 class AsgiConsumer(HttpConsumer):
@@ -184,53 +304,82 @@ class AsgiConsumer(HttpConsumer):
 
     continue_at_once = False
     _task_: asyncio.Task[None] | None = None
-    _timer: asyncio.TimerHandle | None = None
-    _start: Message | None = None
+    _deadlines: _Deadlines | None = None
+    _stamp = 0
+    # The response: (status, status line, header block, Content-Length, close), once
+    # ``http.response.start`` is sent; then whether its trailers are awaited and sent.
+    _start: tuple[int, bytes, bytes, int | None, bool] | None = None
+    _trailers = False
+    _send_trailers = False
+    _trailer_block = b""
+    _body_done = False
     _complete = False
     _lost = False
     _peer_eof = False
+    _streaming = False
+    _given = False
     _continued = False
     _held = False
     _eof = False
+    _timed = False
     _error: BaseException | None = None
     _wakeup: asyncio.Future[None] | None = None
+    _buffer: bytes | bytearray = b""
 
     def on_head(self) -> None:
         request = self._request
         self._buffer = bytearray(request.body)
+        self._streaming = True
         request.body_stream = self
         self._run()
 
     def on_message(self) -> None:
         if self._task_ is None:
-            self._buffer = bytearray(self._request.body)
+            self._buffer = self._request.body
             self._eof = True
             self._run()
 
     def _run(self) -> None:
         connection = self._connection
-        factory = connection.http
-        root_path = getattr(factory, "root_path", "")
-        lifespan: Lifespan | None = getattr(factory, "lifespan", None)
-        state = lifespan.state if lifespan is not None and lifespan.supported else None
-        scope = build_scope(self._request, root_path, state)
-        coro = connection.app(scope, self.asgi_receive, self.asgi_send)
-        task = self._task_ = asyncio.ensure_future(coro)
-        task.add_done_callback(self._done)
-        self._arm_timer()
+        factory: Any = connection.http
+        lifespan: Lifespan = factory.lifespan
+        scope = build_scope(
+            self._request, factory.root_path, lifespan.state if lifespan.supported else None
+        )
+        if not self._request.simple:  # a Connection field: perhaps a WebSocket handshake
+            from .asgi_websocket import serve_websocket
 
-    def _arm_timer(self) -> None:
-        """(Re)start the deadline of the response's start: from the dispatch, then from
-        each body part the app receives (a slow upload is not a silent app)."""
-        self._stop_timer()
-        timeout = getattr(self._connection.http, "timeout", DEFAULT_TIMEOUT)
-        if timeout:
-            self._timer = self._connection.loop.call_later(timeout, self._timed_out, timeout)
+            if serve_websocket(self, scope):
+                return
+        loop: asyncio.AbstractEventLoop = connection._loop  # type: ignore[assignment]
+        deadlines = factory._deadlines
+        if deadlines is not None:
+            self._deadlines = deadlines
+            self._stamp = deadlines.tick
+            deadlines.add(self, loop)
+        self._task_ = loop.create_task(self._main(connection.app, scope))
+
+    async def _main(self, app: AsgiApp, scope: Scope) -> None:
+        try:
+            await app(scope, self.asgi_receive, self.asgi_send)
+        except asyncio.CancelledError as exc:
+            if not self._timed:
+                self._ended(exc)
+                raise
+        except Exception as exc:
+            self._ended(exc)
+        except BaseException as exc:
+            self._ended(exc)
+            raise
+        else:
+            self._ended(None)
 
     # -- the body stream the connection feeds (see HttpRequest.body_stream)
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > STREAM_HIGH and not self._held:
+        buffer = self._buffer
+        assert type(buffer) is bytearray
+        buffer += data
+        if len(buffer) > STREAM_HIGH and not self._held:
             self._held = True
             self._connection.hold_reading(HOLD_STREAM)
         self._wake()
@@ -249,7 +398,7 @@ class AsgiConsumer(HttpConsumer):
             waiter.set_result(None)
 
     async def _wait(self) -> None:
-        waiter = self._wakeup = self._connection.loop.create_future()
+        waiter = self._wakeup = self._connection._loop.create_future()  # type: ignore[union-attr]
         try:
             await waiter
         finally:
@@ -258,94 +407,167 @@ class AsgiConsumer(HttpConsumer):
     # -- the app's side
     async def asgi_receive(self) -> Message:
         """The next ``http.request`` event, then ``http.disconnect`` when it applies."""
-        if not self._eof or self._buffer:
+        if not self._given:
+            if not self._streaming:
+                self._given = True
+                return {"type": "http.request", "body": self._buffer, "more_body": False}
             request = self._request
             if request.expect_continue and not self._continued:
                 self._continued = True
                 if not self._head_sent and not self._lost:
                     self._write_raw(CONTINUE)
-            while not self._buffer and not self._eof:
+            buffer = self._buffer
+            assert type(buffer) is bytearray
+            while not buffer and not self._eof:
                 if self._lost or self._error is not None:
                     return {"type": "http.disconnect"}
                 await self._wait()
-            body = bytes(self._buffer)
-            self._buffer.clear()
+            body = bytes(buffer)
+            buffer.clear()
             if self._held:
                 self._held = False
                 self._connection.release_reading(HOLD_STREAM)
-            if self._timer is not None:
-                self._arm_timer()
-            return {"type": "http.request", "body": body, "more_body": not self._eof}
+            deadlines = self._deadlines
+            if deadlines is not None:
+                self._stamp = deadlines.tick
+            if self._eof and not buffer:
+                self._given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": True}
         while not (self._lost or self._peer_eof or self._complete or self._error is not None):
             await self._wait()
         return {"type": "http.disconnect"}
 
     async def asgi_send(self, message: Message) -> None:
-        """Take an ``http.response.start`` or ``http.response.body`` event."""
-        kind = message["type"]
+        """Take an ``http.response.start``, ``http.response.body`` or
+        ``http.response.trailers`` event."""
         if self._lost:
-            raise ConnectionResetError("the client went away")
+            raise ClientDisconnected("the client went away")
+        if self._finished and not self._complete:
+            raise RuntimeError("the server has already answered (the app failed or timed out)")
+        deadlines = self._deadlines
+        if deadlines is not None:
+            self._stamp = deadlines.tick
+        kind = message["type"]
         if kind == "http.response.start":
             if self._start is not None:
                 raise RuntimeError("http.response.start sent twice")
-            _status_line(message["status"])
-            _encode_headers(message.get("headers", ()))
-            self._start = message
-            self._stop_timer()
+            status = message["status"]
+            line = _status_line(status)
+            block, length, close = _encode_headers(message.get("headers", ()))
+            self._start = (status, line, block, length, close)
+            if message.get("trailers", False):
+                self._trailers = True
             return
-        if kind != "http.response.body":
-            raise RuntimeError(f"unexpected ASGI message {kind!r}")
-        if self._start is None:
-            raise RuntimeError("http.response.body sent before http.response.start")
-        if self._complete:
-            raise RuntimeError("http.response.body sent after the response completed")
-        body = message.get("body", b"")
-        more = message.get("more_body", False)
-        if not self._head_sent and self._head is None:
-            self._frame_start(None if more else len(body))
-        if body:
-            waiter = self.send_body(body)
-            if waiter:
-                await waiter
-        if not more:
-            self._complete = True
-            self._wake()
-            if not self._finished:
-                self.end()
+        if kind == "http.response.body":
+            start = self._start
+            if start is None:
+                raise RuntimeError("http.response.body sent before http.response.start")
+            if self._body_done:
+                raise RuntimeError("http.response.body sent after the response's last body")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if self._head is None and not self._head_sent:
+                status, line, block, length, close = start
+                if self._trailers:
+                    self._send_trailers = self._trailers_go(status)
+                    if self._send_trailers:
+                        length = None  # chunked: the trailer section ends the body
+                if length is None and not more and not self._send_trailers:
+                    length = len(body)
+                head = self.frame(status, line, block, length, None, close)
+                if not more and not self._trailers and length == len(body):
+                    # The usual answer: head and whole body in one write, then done.
+                    self._write_raw(head if self._no_body or not body else head + body)
+                    self._head_sent = True
+                    self._length_left = None
+                    self._body_done = self._complete = True
+                    if deadlines is not None:
+                        deadlines.running.discard(self)
+                    self.end_request()
+                    return
+                self._head = head
+            if body:
+                waiter = self.send_body(body)
+                if waiter:
+                    await waiter
+                    if deadlines is not None:
+                        self._stamp = deadlines.tick
+            if not more:
+                self._body_done = True
+                if not self._trailers:
+                    self._finish_response()
+            return
+        if kind == "http.response.trailers":
+            if not self._trailers:
+                raise RuntimeError("http.response.trailers sent without trailers in the start")
+            if not self._body_done:
+                raise RuntimeError("http.response.trailers sent before the response's last body")
+            if self._complete:
+                raise RuntimeError("http.response.trailers sent after the response completed")
+            if self._send_trailers:
+                self._trailer_block += _encode_trailers(message.get("headers", ()))
+            if not message.get("more_trailers", False):
+                self._finish_response()
+            return
+        raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
-    def _frame_start(self, whole: int | None) -> None:
-        start = self._start
-        assert start is not None
-        status = start["status"]
-        block, length, close = _encode_headers(start.get("headers", ()))
-        if length is None:
-            length = whole
-        self.begin(status, _status_line(status), block, length, None, close)
+    def _trailers_go(self, status: int) -> bool:
+        """Whether the trailers the app will send go to this client."""
+        request = self._request
+        return (
+            request.version == "1.1"
+            and request.method != "HEAD"
+            and status >= 200
+            and status != 204
+            and status != 304
+            and _accepts_trailers(request)
+        )
+
+    def _finish_response(self) -> None:
+        self._complete = True
+        deadlines = self._deadlines
+        if deadlines is not None:
+            # What the app does after its response (background tasks) is not bounded.
+            deadlines.running.discard(self)
+        self._wake()
+        if self._finished:
+            return
+        if self._send_trailers and self._chunked:
+            tail = self._encode_body(b"")  # the head, if no body part was written
+            self._write_raw(tail + b"0\r\n" + self._trailer_block + b"\r\n")
+            self.end_request()
+            return
+        self.end()
 
     # -- ending
-    def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
     def _timed_out(self, timeout: float) -> None:
-        self._timer = None
+        """Silent for ``timeout`` seconds: cancel the app; a 500, or abort once started."""
         task = self._task_
-        if task is not None and not task.done() and self._start is None:
-            task.remove_done_callback(self._done)
-            task.cancel()
-            self.body_failed(TimeoutError(f"the ASGI app did not answer within {timeout:g}s"))
-
-    def _done(self, task: asyncio.Future[None]) -> None:
-        self._stop_timer()
-        if task.cancelled():
-            exc: BaseException | None = asyncio.CancelledError("the ASGI app was cancelled")
+        if task is None or task.done():
+            return
+        self._timed = True
+        task.cancel()  # a client gone before the response ended leaves no app behind
+        if self._finished:
+            return
+        if self._head_sent:
+            what = f"the ASGI app sent nothing for {timeout:g}s after its response started"
         else:
-            exc = task.exception()
+            what = f"the ASGI app did not answer within {timeout:g}s"
+        self.body_failed(TimeoutError(what))
+
+    def _ended(self, exc: BaseException | None) -> None:
+        """The app's call returned (``exc`` None) or raised."""
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.running.discard(self)
         if exc is not None:
             if self._finished:
-                if not self._lost:
+                if not self._lost and not isinstance(exc, OSError | asyncio.CancelledError):
                     LOGGER.error("error in ASGI app after its response", exc_info=exc)
+                return
+            if isinstance(exc, ClientDisconnected):
+                self.finished(exc)  # the client went away: nothing to log (spec 2.4)
                 return
             self.body_failed(exc)
             return
@@ -369,7 +591,6 @@ class AsgiConsumer(HttpConsumer):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
-        self._stop_timer()
         self._wake()
         super().connection_lost(exc)
 
@@ -456,6 +677,7 @@ class AsgiProtocolFactory(HttpProtocolFactory):
             raise ValueError(f"timeout must be >= 0, got {timeout!r}")
         self.root_path = root_path.rstrip("/")
         self.timeout = timeout
+        self._deadlines = _Deadlines(timeout) if timeout else None
         self.lifespan = Lifespan(app, lifespan)
 
     async def startup(self) -> None:
@@ -478,8 +700,8 @@ def asgi_protocol_factory(
 
     ``root_path`` is the prefix the app is mounted at (behind a proxy); ``lifespan``
     whether its lifespan scope runs (``await factory.startup()`` before serving,
-    ``await factory.shutdown()`` after); ``timeout`` the seconds an app has to start its
-    response (0: no bound). Serve it with
+    ``await factory.shutdown()`` after); ``timeout`` the seconds an app may stay silent
+    before or during its response (0: no bound; see the module's docstring). Serve it with
     ``TcpServer(asgi_protocol_factory(app), loop, address=...)``.
     """
     return AsgiProtocolFactory(
