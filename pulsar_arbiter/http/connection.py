@@ -763,7 +763,7 @@ class HttpConnection(Connection):
 
     def _may_resume_reading(self) -> bool:
         if self.state is UPGRADED:
-            return Connection._may_resume_reading(self)
+            return not self._holds and Connection._may_resume_reading(self)
         return not self._holds
 
     # -- closing

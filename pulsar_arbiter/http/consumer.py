@@ -103,7 +103,9 @@ class HttpConsumer(ProtocolConsumer):
             request.keep_alive
             and request.complete
             and not close
-            and not self._connection._drain_close
+            # A drain closes HTTP connections, not one switching protocols (a WebSocket
+            # is told by its own close frame).
+            and (not self._connection._drain_close or status == 101)
         )
         if status < 200 or status == 204 or status == 304:
             framing = b""

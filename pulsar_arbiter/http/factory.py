@@ -18,6 +18,8 @@ from .limits import DEFAULT_LIMITS, Limits
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
+    from .websocket import WebSocketSettings
+
 __all__ = ["HttpProtocolFactory", "http_protocol_factory"]
 
 
@@ -59,6 +61,8 @@ class HttpProtocolFactory:
         self.limits = limits or DEFAULT_LIMITS
         self._executor: ThreadPoolExecutor | None = None
         self.consumer_factory = consumer_factory
+        #: How its WebSocket connections behave (the ``--ws-*`` flags); None: defaults.
+        self.websocket: WebSocketSettings | None = None
 
     def __repr__(self) -> str:
         return f"<HttpProtocolFactory {self.kind} {self.app!r} threads={self.threads}>"

@@ -143,6 +143,18 @@ def flag(value: object) -> bool:
     return value
 
 
+_BOOLEANS = {"true": True, "false": False, "on": True, "off": False, "1": True, "0": False}
+
+
+def boolean(value: object) -> bool:
+    """A true/false value given as a flag's argument (``--ws-per-message-deflate false``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOLEANS:
+        return _BOOLEANS[value.lower()]
+    raise ValueError(f"expected true or false, got {_got(value)}")
+
+
 def path(value: object) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
@@ -481,6 +493,8 @@ HTTP_SETTINGS = (
 )
 #: The ASGI settings, which apply only with --asgi.
 ASGI_SETTINGS = ("lifespan", "root_path", "asgi_timeout")
+#: The WebSocket settings, which apply only with --http or --asgi (WSGI has no WebSocket).
+WS_SETTINGS = ("ws_ping_interval", "ws_ping_timeout", "ws_max_size", "ws_per_message_deflate")
 #: Longest request line or header field that may be allowed: a request's whole head
 #: must fit in what one connection may hold before its request is dispatched (1 MiB).
 MAX_HEAD = 1024 * 1024
@@ -561,6 +575,40 @@ class Config:
         metavar="SECONDS",
         help="ASGI only: an app that has not started its response this long after the "
         "request arrived is cancelled and answered 500; 0 waits forever",
+        section=_HTTP,
+    )
+    ws_ping_interval: float = setting(
+        "--ws-ping-interval",
+        convert=number(0, inclusive=True),
+        default=20.0,
+        metavar="SECONDS",
+        help="WebSocket: seconds between the keep-alive pings sent to each client; 0 sends none",
+        section=_HTTP,
+    )
+    ws_ping_timeout: float = setting(
+        "--ws-ping-timeout",
+        convert=number(0, inclusive=True),
+        default=20.0,
+        metavar="SECONDS",
+        help="WebSocket: a client that has not answered a ping this long is closed (1011); "
+        "0 waits forever",
+        section=_HTTP,
+    )
+    ws_max_size: int = setting(
+        "--ws-max-size",
+        convert=integer(1, MAX_COUNT),
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="WebSocket: largest message, counted over its fragments; a larger one closes "
+        "the connection (1009)",
+        section=_HTTP,
+    )
+    ws_per_message_deflate: bool = setting(
+        "--ws-per-message-deflate",
+        convert=boolean,
+        default=True,
+        metavar="true|false",
+        help="WebSocket: accept per-message compression (RFC 7692) when a client offers it",
         section=_HTTP,
     )
     threads: int = setting(
@@ -1013,6 +1061,11 @@ def _check_combinations(config: Config) -> None:
             spec = _BY_NAME[name]
             if getattr(config, name) != spec.get_default():
                 raise ConfigError(f"{spec.option}: only with --asgi")
+    if not (config.http or config.asgi):
+        for name in WS_SETTINGS:
+            spec = _BY_NAME[name]
+            if getattr(config, name) != spec.get_default():
+                raise ConfigError(f"{spec.option}: only with --http or --asgi")
     if not (config.wsgi or config.http or config.asgi):
         for name in HTTP_SETTINGS:
             spec = _BY_NAME[name]

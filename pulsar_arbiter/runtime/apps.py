@@ -23,6 +23,7 @@ from ..servers import datagram_protocol_factory
 
 if TYPE_CHECKING:
     from ..http import Limits
+    from ..http.websocket import WebSocketSettings
 
 __all__ = ["AppError", "Factories", "build_factories", "http_limits", "import_app"]
 
@@ -81,6 +82,18 @@ def http_limits(cfg: Config) -> Limits:
     )
 
 
+def websocket_settings(cfg: Config) -> WebSocketSettings:
+    """The WebSocket behaviour of the --ws-* settings (raw handlers and ASGI apps)."""
+    from ..http.websocket import WebSocketSettings
+
+    return WebSocketSettings(
+        ping_interval=cfg.ws_ping_interval,
+        ping_timeout=cfg.ws_ping_timeout,
+        max_size=cfg.ws_max_size,
+        per_message_deflate=cfg.ws_per_message_deflate,
+    )
+
+
 def build_factories(cfg: Config, app: Any = None) -> Factories:
     """The protocol factories serving ``app`` (imported from ``cfg.app`` when not given)."""
     reference = cfg.app or DEFAULT_APP
@@ -100,6 +113,7 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
             lifespan=cfg.lifespan,  # type: ignore[arg-type]  # checked by the registry
             timeout=cfg.asgi_timeout,
         )
+        asgi.websocket = websocket_settings(cfg)
         if cfg.access_log:  # records each answer's status and length for the log
             from .access import recording_consumer
 
@@ -120,6 +134,7 @@ def build_factories(cfg: Config, app: Any = None) -> Factories:
             factory = wsgi_protocol_factory(app, threads=cfg.threads, limits=limits)
         else:
             factory = HttpProtocolFactory(app, kind="raw", threads=cfg.threads, limits=limits)
+            factory.websocket = websocket_settings(cfg)
         if cfg.access_log:  # records each answer's status and length for the log
             from .access import recording_consumer
 
