@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pulsar_arbiter.http.asgi import (
     STREAM_HIGH,
     AsgiConsumer,
     AsgiProtocolFactory,
+    ClientDisconnected,
     Lifespan,
     LifespanError,
     _encode_headers,
@@ -112,6 +114,56 @@ class App:
             raise RuntimeError("late boom")
         elif path == "/never":
             await asyncio.Event().wait()
+        elif path == "/trailers":  # two body parts, then a trailer (and a forbidden one)
+            headers = [(b"trailer", b"x-checksum"), (b"content-length", b"4")]
+            if scope["query_string"] == b"no-length":
+                headers.pop()
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": headers, "trailers": True}
+            )
+            await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+            await send({"type": "http.response.body", "body": b"cd"})
+            trailers = [(b"x-checksum", b"42"), (b"content-length", b"9")]
+            await send(
+                {"type": "http.response.trailers", "headers": trailers[:1], "more_trailers": True}
+            )
+            await send({"type": "http.response.trailers", "headers": trailers[1:]})
+        elif path == "/stall":  # starts its response, then goes silent
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.received.append({"type": "cancelled"})
+                raise
+        elif path == "/trickle":  # a slow stream that is never silent for long
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(8):
+                await asyncio.sleep(0.1)
+                await send({"type": "http.response.body", "body": b".", "more_body": True})
+            await send({"type": "http.response.body"})
+        elif path == "/after":  # work after a complete response is not bounded
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"done"})
+            self.received.append(await receive())  # the body (none)
+            self.received.append(await receive())  # the response is complete: disconnect
+            await asyncio.sleep(0.6)
+            self.received.append({"type": "background done"})
+        elif path == "/raise-after-start":  # nothing written yet: still a 500
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise RuntimeError("boom after start")
+        elif path == "/send-after-close":  # the client goes; send() raises an OSError
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            try:  # a write after the client's FIN gets its reset: the next send() raises
+                for _ in range(100):
+                    await send({"type": "http.response.body", "body": b"y", "more_body": True})
+                    await asyncio.sleep(0.02)
+            except OSError as exc:
+                self.errors.append(exc)
+                raise
         elif path == "/nothing":
             return
         else:
@@ -320,6 +372,126 @@ def test_app_errors(run: Runner, caplog: pytest.LogCaptureFixture) -> None:
     text = caplog.text
     assert "boom" in text and "did not answer within 0.3s" in text
     assert "returned without starting a response" in text
+
+
+def strip_date(answer: bytes) -> bytes:
+    return re.sub(rb"date: [^\r]*\r\n", b"", answer)
+
+
+async def exchange(server: TcpServer, raw: bytes) -> bytes:
+    """Every byte answered to ``raw`` on a new connection, up to the server's close, with
+    the (changing) Date fields taken out."""
+    reader, writer = await connect(server)
+    try:
+        writer.write(raw)
+        return strip_date(await read_eof(reader))
+    finally:
+        writer.close()
+
+
+def test_trailers_sent_to_clients_that_accept_them(run: Runner) -> None:
+    app = App()
+    te = "TE: trailers"
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            # HTTP/1.1 and TE: trailers: chunked (the app's Content-Length dropped), the
+            # trailer section after the last chunk, forbidden fields dropped; kept alive.
+            answers = await exchange(
+                server, get("/trailers", te) + get("/trailers?no-length", te, "Connection: close")
+            )
+            one = (
+                b"HTTP/1.1 200 OK\r\ntrailer: x-checksum\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"2\r\nab\r\n2\r\ncd\r\n0\r\nx-checksum: 42\r\n\r\n"
+            )
+            two = one.replace(b"chunked\r\n\r\n", b"chunked\r\nconnection: close\r\n\r\n")
+            assert answers == one + two
+            # No TE: trailers: the response as if there were none (its Content-Length kept).
+            assert await exchange(server, get("/trailers", "Connection: close")) == (
+                b"HTTP/1.1 200 OK\r\ntrailer: x-checksum\r\ncontent-length: 4\r\n"
+                b"connection: close\r\n\r\nabcd"
+            )
+            answer = await exchange(server, get("/trailers?no-length", "Connection: close"))
+            assert answer.endswith(
+                b"chunked\r\nconnection: close\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"
+            )
+            # HTTP/1.0: no chunked coding, so no trailers; the body ends with the close.
+            answer = await exchange(server, get("/trailers?no-length", te, version="1.0"))
+            assert answer == (
+                b"HTTP/1.1 200 OK\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\nabcd"
+            )
+            # HEAD: no body, no trailers; the next answer on the connection is whole.
+            answers = await exchange(
+                server, get("/trailers", te, method="HEAD") + get("/", "Connection: close")
+            )
+            assert answers.startswith(
+                b"HTTP/1.1 200 OK\r\ntrailer: x-checksum\r\ncontent-length: 4\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\n"
+            )
+            assert answers.endswith(b"\r\n\r\nhello") and b"x-checksum: 42" not in answers
+        assert app.scopes[0]["extensions"] == {"http.response.trailers": {}}
+
+    run(main())
+
+
+def test_a_silent_app_is_bounded_after_its_response_started(
+    run: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app, timeout=0.3) as server:
+            loop = asyncio.get_running_loop()
+            reader, writer = await connect(server)
+            started = loop.time()
+            writer.write(get("/stall"))
+            answer = await read_eof(reader)  # the head and the part, then the abort
+            waited = loop.time() - started
+            assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"4\r\npart\r\n")
+            assert 0.3 <= waited < 1.5, waited
+            await wait_for(lambda: {"type": "cancelled"} in app.received)
+            writer.close()
+            # A stream that sends something more often than the timeout is not cut, and
+            # what an app does after a complete response (background work) is not bounded.
+            reader, writer = await connect(server)
+            writer.write(get("/trickle") + get("/after"))
+            assert (await read_reply(reader)).body == b"." * 8
+            assert (await read_reply(reader)).body == b"done"
+            await wait_for(lambda: {"type": "background done"} in app.received)
+            assert {"type": "http.disconnect"} in app.received
+            writer.close()
+
+    with caplog.at_level(logging.ERROR):
+        run(main())
+    assert "sent nothing for 0.3s after its response started" in caplog.text
+
+
+def test_an_error_after_the_start_before_any_body_is_a_500(
+    run: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App()
+
+    async def main() -> None:
+        async with asgi_serving(app) as server:
+            reader, writer = await connect(server)
+            writer.write(get("/raise-after-start"))
+            assert (await read_reply(reader)).status == 500
+            writer.write(get("/"))  # the connection was kept
+            assert (await read_reply(reader)).status == 200
+            writer.close()
+            # send() once the client has gone raises an OSError, not logged as an error.
+            reader, writer = await connect(server)
+            writer.write(get("/send-after-close"))
+            assert (await reader.readuntil(b"1\r\nx\r\n")).startswith(b"HTTP/1.1 200")
+            writer.close()
+            await wait_for(lambda: bool(app.errors))
+            assert isinstance(app.errors[0], ClientDisconnected)
+            assert isinstance(app.errors[0], OSError)
+
+    with caplog.at_level(logging.ERROR):
+        run(main())
+    assert "boom after start" in caplog.text
+    assert "ClientDisconnected" not in caplog.text
 
 
 def test_lifespan_state_startup_and_shutdown(run: Runner) -> None:

@@ -573,8 +573,9 @@ class Config:
         convert=number(0, inclusive=True),
         default=60.0,
         metavar="SECONDS",
-        help="ASGI only: an app that has not started its response this long after the "
-        "request arrived is cancelled and answered 500; 0 waits forever",
+        help="ASGI only: an app silent this long (no response started, or nothing sent "
+        "while streaming one) is cancelled: answered 500, or its connection aborted once "
+        "the response started; 0 waits forever",
         section=_HTTP,
     )
     ws_ping_interval: float = setting(
