@@ -17,6 +17,10 @@ from typing import Any
 
 import pytest
 import uvloop
+from django.conf import settings as django_settings  # type: ignore[import-untyped]
+from django.core.asgi import get_asgi_application  # type: ignore[import-untyped]
+from django.http import HttpResponse, StreamingHttpResponse  # type: ignore[import-untyped]
+from django.urls import path as django_path  # type: ignore[import-untyped]
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.applications import Starlette
@@ -693,6 +697,75 @@ def test_starlette(run: Runner) -> None:
     run(main())
 
 
+# Django's ASGI handler, configured in this process with this module as its URLconf.
+async def django_hello(request: Any) -> Any:
+    return HttpResponse(f"hello {request.method} {request.path}", content_type="text/plain")
+
+
+async def django_echo(request: Any) -> Any:
+    return HttpResponse(request.body, content_type="application/octet-stream")
+
+
+async def django_stream(request: Any) -> Any:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"one,", b"two,", b"three"):
+            await asyncio.sleep(0)
+            yield part
+
+    return StreamingHttpResponse(parts(), content_type="text/plain")
+
+
+urlpatterns = [
+    django_path("hello", django_hello),
+    django_path("echo", django_echo),
+    django_path("stream", django_stream),
+]
+
+
+def django_app() -> Any:
+    """Django's ASGI application for this module's URLconf (settings configured once)."""
+    if not django_settings.configured:
+        django_settings.configure(
+            DEBUG=False,
+            SECRET_KEY="not-a-secret",
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF=__name__,
+            INSTALLED_APPS=[],
+            MIDDLEWARE=[],
+            DATABASES={},
+            USE_TZ=True,
+        )
+    return get_asgi_application()
+
+
+def test_django(run: Runner) -> None:
+    app = django_app()
+
+    async def main() -> None:
+        async with asgi_serving(app, root_path="/site") as server:
+            reader, writer = await connect(server)
+            writer.write(get("/hello"))
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body) == (200, b"hello GET /site/hello")
+            assert reply.header("content-type") == "text/plain"
+            body = b"x=1&" + b"y" * 100_000  # more than one read, streamed to Django
+            head = get("/echo", f"Content-Length: {len(body)}", method="POST")
+            writer.write(head + body)
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body) == (200, body)
+            writer.write(get("/missing"))
+            assert (await read_reply(reader)).status == 404
+            writer.write(get("/stream"))
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body) == (200, b"one,two,three")
+            assert reply.header("transfer-encoding") == "chunked"
+            writer.write(get("/hello"))  # the connection was kept through all of it
+            assert (await read_reply(reader)).status == 200
+            writer.close()
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- real processes
 @pytest.fixture(scope="module", autouse=True)
 def libuv_signal_pipe() -> None:
@@ -770,6 +843,57 @@ def test_asgi_with_wsgi_exits_2_with_one_line(tmp_path: Path) -> None:
         done.stderr.strip().splitlines() == [done.stderr.strip()]
         and "--wsgi/--asgi: choose one" in done.stderr
     )
+
+
+DJANGO_MODULE = """
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(
+    DEBUG=False, SECRET_KEY="not-a-secret", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+    INSTALLED_APPS=[], MIDDLEWARE=[], DATABASES={}, USE_TZ=True,
+)
+
+
+async def hello(request):
+    return HttpResponse(b"django " + request.method.encode() + b" " + request.body)
+
+
+urlpatterns = [path("hello", hello)]
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+app = get_asgi_application()
+"""
+
+
+def test_django_in_a_real_process(tmp_path: Path) -> None:
+    (tmp_path / "djapp.py").write_text(DJANGO_MODULE)
+    home = tmp_path / "home"
+    home.mkdir()
+    arbiter = Arbiter(home, "djapp:app", "--asgi", workers=1, cwd=tmp_path).start()
+    try:
+        arbiter.wait_serving()
+
+        async def main() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", arbiter.port)
+            writer.write(get("/hello") + get("/hello", "Content-Length: 4", method="POST"))
+            writer.write(b"data" + get("/nowhere"))
+            replies = [await read_reply(reader) for _ in range(3)]
+            writer.close()
+            await writer.wait_closed()
+            assert [(r.status, r.body) for r in replies[:2]] == [
+                (200, b"django GET "),
+                (200, b"django POST data"),
+            ]
+            assert replies[2].status == 404
+
+        asyncio.run(main())
+        arbiter.send(signal.SIGTERM)
+        assert arbiter.wait_exit(15.0) == 0
+    finally:
+        arbiter.close()
 
 
 def test_failing_lifespan_startup_is_a_failed_boot(tmp_path: Path) -> None:
