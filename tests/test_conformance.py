@@ -2,16 +2,18 @@
 
 Each :class:`Case` names the section it checks and the requirement in a line. Three tiers:
 
-* byte level (a fake transport, no sockets): every case through a raw-handler connection;
-  every rejection is checked for its status, a one-line reason, ``Connection: close``,
-  the close after the answer (a lingering one), that nothing after it reached the app,
-  and that h11, as a strict client, reads the answer as valid HTTP/1.1;
-* loopback, in the three modes (raw handler, WSGI inline, WSGI threaded): the seven
+* byte level (a fake transport, no sockets): every case through a raw-handler connection
+  and through an ASGI app's (the same state machine under another consumer, whose app
+  runs in a task); every rejection is checked for its status, a one-line reason,
+  ``Connection: close``, the close after the answer (a lingering one), that nothing after
+  it reached the app, and that h11, as a strict client, reads the answer as valid HTTP/1.1;
+* loopback, in the four modes (raw handler, WSGI inline, WSGI threaded, ASGI): the seven
   reproductions of issue 10, each followed by a pipelined request that must not reach
   the app, and a new connection that must be served;
 * a differential check: every case (and the bad-request corpus) also goes to h11 as a
-  server-side parser; where h11 and we disagree, :data:`DISAGREEMENTS` says why, with the
-  section that justifies our answer (the same list is in docs/http-conformance.md).
+  server-side parser, through the raw and the ASGI paths; where h11 and we disagree,
+  :data:`DISAGREEMENTS` says why, with the section that justifies our answer (the same
+  list is in docs/http-conformance.md).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import h11
 import pytest
 
 from pulsar_arbiter.http import HttpRequest, Limits, Response, State, http_protocol_factory
+from pulsar_arbiter.http.asgi import asgi_protocol_factory
 from pulsar_arbiter.http.chunked import ChunkedDecoder
 from pulsar_arbiter.http.errors import PeerError
 from tests.conftest import Runner
@@ -608,8 +611,74 @@ def describe(request: HttpRequest) -> str:
     return " ".join(parts)
 
 
-def serve(raw: bytes, pieces: int = 0) -> Served:
-    """``raw`` through a raw-handler connection (in ``pieces``-byte reads, if given)."""
+def describe_scope(scope: dict[str, Any], body: bytes) -> str:
+    """What an ASGI app saw, as :func:`describe` says it (ASGI has no request trailers)."""
+    target = scope["raw_path"].decode("latin-1")
+    if scope["query_string"]:
+        target += "?" + scope["query_string"].decode("latin-1")
+    parts = [scope["method"], target, str(len(body))]
+    plain = (b"host", b"transfer-encoding", b"content-length", b"connection", b"expect")
+    extra = [(n, v) for n, v in scope["headers"] if n not in plain]
+    if extra:
+        host = next((v for n, v in scope["headers"] if n == b"host"), b"")
+        parts.append(f"host={host.decode('latin-1')}")
+        parts += [f"{n.decode()}={v.decode('latin-1')}" for n, v in extra]
+    return " ".join(parts)
+
+
+def asgi_seen(seen: str) -> str:
+    """What an ASGI app sees of a request the raw handler sees as ``seen``: the path of an
+    absolute-form target, and no trailers (nor the host they made :func:`describe` add)."""
+    parts = seen.split(" ")
+    if parts[1].startswith("http://"):
+        parts[1] = parts[1][parts[1].index("/", len("http://")) :]
+    if any(part.startswith("trailers=") for part in parts):
+        parts = [p for p in parts if not p.startswith("trailers=")]
+        if len(parts) == 4 and parts[3].startswith("host="):
+            parts.pop()
+    return " ".join(parts)
+
+
+def recording_asgi(seen: list[str], parts: tuple[bytes, ...] = ()) -> Any:
+    """An ASGI app that records what it saw and answers ``ok`` (or ``parts``, streamed)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the request never arrived whole (the server answered the peer)
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append(describe_scope(scope, body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"" if parts else b"ok"})
+
+    return app
+
+
+def settle(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the loop until the ASGI apps it started have nothing left to do for now."""
+    for _ in range(5):
+        loop.run_until_complete(asyncio.sleep(0))
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is still waiting (an app waiting for a body that never came), close."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
+
+
+def serve(raw: bytes, pieces: int = 0, mode: str = "raw") -> Served:
+    """``raw`` through a raw-handler connection, or an ASGI app's (``mode`` "asgi"), in
+    ``pieces``-byte reads if given."""
     seen: list[str] = []
 
     def handler(request: HttpRequest) -> Response:
@@ -618,15 +687,25 @@ def serve(raw: bytes, pieces: int = 0) -> Served:
 
     loop = asyncio.new_event_loop()
     try:
-        connection = http_protocol_factory(handler, limits=LIMITS)(loop=loop)
+        if mode == "asgi":
+            factory = asgi_protocol_factory(recording_asgi(seen), limits=LIMITS, lifespan="off")
+            connection = factory(loop=loop)
+        else:
+            connection = http_protocol_factory(handler, limits=LIMITS)(loop=loop)
         transport = FakeTransport()
         connection.connection_made(transport)
         step = pieces or len(raw)
         for i in range(0, len(raw), step):
             connection.data_received(raw[i : i + step])
+            if mode == "asgi":
+                settle(loop)
         return Served(transport.take(), seen, connection, transport)
     finally:
-        loop.close()
+        close_loop(loop)
+
+
+#: The byte-level paths: the raw handler's consumer and the ASGI one.
+PATHS = pytest.mark.parametrize("mode", ["raw", "asgi"])
 
 
 def h11_client_reads(answers: bytes, method: str = "GET") -> list[int]:
@@ -666,9 +745,10 @@ def check_rejection(served: Served, status: int) -> None:
     assert "GET /next 0" not in served.seen
 
 
+@PATHS
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.section} {case.name}")
-def test_case(case: Case) -> None:
-    served = serve(case.raw)
+def test_case(case: Case, mode: str) -> None:
+    served = serve(case.raw, mode=mode)
     first = re.match(rb"HTTP/1\.1 (\d{3}) ", served.answers)
     assert first is not None, served.answers
     assert int(first.group(1)) == case.status, served.answers
@@ -677,7 +757,7 @@ def test_case(case: Case) -> None:
         assert served.seen == []
         return
     assert case.seen is not None
-    assert served.seen[0] == case.seen
+    assert served.seen[0] == (asgi_seen(case.seen) if mode == "asgi" else case.seen)
     statuses = h11_client_reads(served.answers)
     if case.name in PERSISTENT:
         assert statuses == [200, 200] and served.seen[1] == "GET /next 0"
@@ -685,57 +765,70 @@ def test_case(case: Case) -> None:
         assert "GET /next 0" not in served.seen
 
 
+@PATHS
 @pytest.mark.parametrize(
     "case", [c for c in CASES if b"Transfer-Encoding: chunked" in c.raw], ids=lambda c: c.name
 )
-def test_chunked_cases_read_in_pieces(case: Case) -> None:
+def test_chunked_cases_read_in_pieces(case: Case, mode: str) -> None:
     # 7.1: the framing does not depend on how the bytes are split.
+    expected = case.seen if case.seen is None or mode == "raw" else asgi_seen(case.seen)
     for pieces in (1, 2, 3, 7):
-        served = serve(case.raw, pieces)
+        served = serve(case.raw, pieces, mode)
         assert served.answers.startswith(b"HTTP/1.1 %d " % case.status), (pieces, served.answers)
-        if case.seen is not None:
-            assert served.seen[:1] == [case.seen]
+        if expected is not None:
+            assert served.seen[:1] == [expected]
 
 
-def test_a_rejected_request_after_a_good_one() -> None:
+@PATHS
+def test_a_rejected_request_after_a_good_one(mode: str) -> None:
     # 9.3.2: answers in request order; the error answer is the last one.
-    served = serve(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n\r\n" + NEXT)
+    raw = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n\r\n" + NEXT
+    served = serve(raw, mode=mode)
     assert h11_client_reads(served.answers) == [200, 400]
     assert served.seen == ["GET /1 0"]
 
 
-def test_head_answers_have_no_body() -> None:
+@PATHS
+def test_head_answers_have_no_body(mode: str) -> None:
     # 6.3, item 1: a response to HEAD has no body, whatever its headers say.
-    served = serve(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n" + NEXT)
+    served = serve(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n" + NEXT, mode=mode)
     assert h11_client_reads(served.answers[: served.answers.index(b"HTTP/1.1", 10)], "HEAD") == [
         200
     ]
     assert served.answers.count(b"HTTP/1.1 200") == 2
 
 
-def test_100_continue_then_the_answer() -> None:
+@PATHS
+def test_100_continue_then_the_answer(mode: str) -> None:
     # RFC 9110, 10.1.1: an interim 100, then the final answer; valid for a strict client.
     served = serve(
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nab"
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nab",
+        mode=mode,
     )
     assert served.answers.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ")
     assert h11_client_reads(served.answers) == [200]
 
 
-def test_http_1_0_gets_no_transfer_encoding() -> None:
+@PATHS
+def test_http_1_0_gets_no_transfer_encoding(mode: str) -> None:
     # 6.1: MUST NOT send Transfer-Encoding unless the request is HTTP/1.1.
     def streaming(request: HttpRequest) -> Response:
         return Response(iter([b"a", b"b"]))
 
     loop = asyncio.new_event_loop()
     try:
-        connection = http_protocol_factory(streaming)(loop=loop)
+        if mode == "asgi":
+            factory = asgi_protocol_factory(recording_asgi([], (b"a", b"b")), lifespan="off")
+            connection = factory(loop=loop)
+        else:
+            connection = http_protocol_factory(streaming)(loop=loop)
         transport = FakeTransport()
         connection.connection_made(transport)
         connection.data_received(b"GET / HTTP/1.0\r\n\r\n")
+        settle(loop)
         answer = transport.take()
     finally:
-        loop.close()
+        close_loop(loop)
     assert b"transfer-encoding" not in answer.lower() and answer.endswith(b"ab")
     assert b"connection: close" in answer
 
@@ -750,9 +843,11 @@ def test_http_1_0_gets_no_transfer_encoding() -> None:
     ],
     ids=["head", "content-length body", "chunked body", "trailer section"],
 )
-def test_incomplete_messages_never_reach_the_app(raw: bytes) -> None:
-    # 8: a message whose framing is not complete is incomplete, and not served.
-    served = serve(raw)
+@PATHS
+def test_incomplete_messages_never_reach_the_app(raw: bytes, mode: str) -> None:
+    # 8: a message whose framing is not complete is incomplete, and not served (an ASGI
+    # app may have started, but it never gets a whole body, nor answers).
+    served = serve(raw, mode=mode)
     served.connection.eof_received()
     assert served.seen == [] and served.answers == b""
 
@@ -808,7 +903,7 @@ SEVEN: list[tuple[str, bytes, int, dict[str, str] | None]] = [
     ("7 invalid target", b"GET s://]ufd/: HTTP/1.1\r\nHost: a\r\n\r\n", 400, None),
     ("7 fragment", b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", 400, None),
 ]
-MODES = pytest.mark.parametrize("mode", ["raw", "wsgi", "threaded"])
+MODES = pytest.mark.parametrize("mode", ["raw", "wsgi", "threaded", "asgi"])
 
 
 def recording_app(mode: str, seen: list[dict[str, str]]) -> Any:
@@ -823,6 +918,25 @@ def recording_app(mode: str, seen: list[dict[str, str]]) -> Any:
             return Response(b"ok")
 
         return raw
+    if mode == "asgi":
+
+        async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            body = b""
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # the request never arrived whole (the server answered the peer)
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            record = {"target": scope["path"], "body": body.decode()}
+            for name, value in scope["headers"]:
+                record[name.decode()] = value.decode("latin-1")
+            seen.append(record)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        return asgi
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         record = {"target": environ["PATH_INFO"], "body": environ["wsgi.input"].read().decode()}
@@ -844,7 +958,10 @@ def test_the_seven_over_loopback(run: Runner, mode: str) -> None:
     async def main() -> None:
         kind = "raw" if mode == "raw" else "wsgi"
         threads = 2 if mode == "threaded" else 0
-        async with serving(app, kind=kind, threads=threads, limits=LIMITS) as server:
+        factory = asgi_protocol_factory(app, limits=LIMITS) if mode == "asgi" else None
+        async with serving(
+            app, kind=kind, threads=threads, limits=LIMITS, factory=factory
+        ) as server:
             for name, raw, status, expected in SEVEN:
                 seen.clear()
                 reader, writer = await connect(server)
@@ -861,7 +978,7 @@ def test_the_seven_over_loopback(run: Runner, mode: str) -> None:
                     record = seen[0]
                     for key, value in expected.items():
                         if key == "trailers" and mode != "raw":
-                            continue  # WSGI has no trailers: never in the environ
+                            continue  # WSGI and ASGI have no request trailers: never seen
                         assert record.get(key) == value, (name, key, record)
                     assert "x-trailer" not in record and "trailer" not in record, name
                     assert (await read_reply(reader)).status == 200, name  # NEXT, kept alive
@@ -892,8 +1009,8 @@ def h11_verdict(raw: bytes) -> int:
         return error.error_status_hint
 
 
-def our_verdict(raw: bytes) -> int:
-    match = re.match(rb"HTTP/1\.1 (\d{3}) ", serve(raw).answers)
+def our_verdict(raw: bytes, mode: str = "raw") -> int:
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", serve(raw, mode=mode).answers)
     return int(match.group(1)) if match else 0
 
 
@@ -960,12 +1077,12 @@ def corpus() -> Iterator[tuple[str, bytes]]:
         yield name, raw
 
 
-def differences() -> tuple[int, dict[str, tuple[int, int]]]:
+def differences(mode: str = "raw") -> tuple[int, dict[str, tuple[int, int]]]:
     """(how many agree, {name: (our status, h11's)} where the statuses differ)."""
     found: dict[str, tuple[int, int]] = {}
     agreements = 0
     for name, raw in corpus():
-        ours, theirs = our_verdict(raw), h11_verdict(raw)
+        ours, theirs = our_verdict(raw, mode), h11_verdict(raw)
         if ours == theirs:
             agreements += 1
         else:
@@ -973,8 +1090,9 @@ def differences() -> tuple[int, dict[str, tuple[int, int]]]:
     return agreements, found
 
 
-def test_differential_against_h11() -> None:
-    agreements, found = differences()
+@PATHS
+def test_differential_against_h11(mode: str) -> None:
+    agreements, found = differences(mode)
     unexplained = {name: v for name, v in found.items() if name not in DISAGREEMENTS}
     assert not unexplained, f"disagreements with h11 without a reason: {unexplained}"
     stale = set(DISAGREEMENTS) - set(found)
