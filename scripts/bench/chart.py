@@ -5,11 +5,15 @@ has matplotlib: the project's own environment must not need it.  It reads
 only the results.json that run.py wrote, so a chart can be redrawn from a
 stored run without measuring again.
 
-Writes ``echo.png`` (TCP and UDP echo) and ``http.png`` (HTTP plaintext, one
-worker pinned next to two workers unpinned).  Each figure has two panels:
-server CPU microseconds per request - the fair figure, lower is better - and
-requests per second.  Our rows are drawn in bold; rows whose runs had errors
-are hatched, so a bad number cannot pass for a good one in the picture.
+Writes ``echo.png`` (TCP and UDP echo), ``http.png`` (HTTP hello: raw, WSGI
+and ASGI with one worker pinned; 1 vs 2 workers unpinned), ``client.png``
+(the client Pool as load generator) and ``ws.png`` (WebSocket echo).  Each
+figure has two panels per table: the table's figure - CPU microseconds per
+request (the server's, or the load's in the client table), lower is better -
+with a whisker from the fastest to the slowest run, and requests per second.
+Our rows are drawn in bold, and each comes twice: compiled (solid) and pure
+(dotted, PULSAR_ARBITER_PURE=1) side by side.  Rows whose runs had errors are
+hatched with slashes, so a bad number cannot pass for a good one.
 """
 
 from __future__ import annotations
@@ -42,38 +46,47 @@ def _value(row: dict[str, Any], metric: str) -> float:
 
 
 def grouped_panel(ax: Any, suites: list[dict[str, Any]], metric: str, title: str) -> None:
-    """Horizontal bars, one group per server name, one bar per suite."""
+    """Horizontal bars, one group per row name, one bar per suite (min-max whisker)."""
     names: list[str] = []
-    roles: dict[str, str] = {}
+    rows_by_name: dict[str, dict[str, Any]] = {}
     for suite in suites:
         for row in suite["rows"]:
             if row["name"] not in names:
                 names.append(row["name"])
-                roles[row["name"]] = row["role"]
+                rows_by_name[row["name"]] = row
     height = 0.8 / max(1, len(suites))
     for index, suite in enumerate(suites):
+        key = suite.get("metric", "cpu_us_per_request") if metric == "figure" else metric
         rows = {row["name"]: row for row in suite["rows"]}
         for position, name in enumerate(names):
             row = rows.get(name)
             if row is None or not row.get("median"):
+                if row is not None and row.get("skipped"):
+                    ax.text(0, position, " skipped", va="center", fontsize=7, color="grey")
                 continue
-            value = _value(row, metric)
+            value = _value(row, key)
             y = position + (index - (len(suites) - 1) / 2) * height
             flagged = bool(row.get("errors_in_runs"))
+            pure = row.get("variant") == "pure"
+            lo = float((row.get("min") or {}).get(key, value))
+            hi = float((row.get("max") or {}).get(key, value))
             ax.barh(
                 y,
                 value,
                 height=height * 0.95,
                 color=COLORS[index % len(COLORS)],
-                hatch="//" if flagged else None,
-                edgecolor="black" if flagged else None,
+                alpha=0.55 if pure else 1.0,
+                hatch="//" if flagged else ("..." if pure else None),
+                edgecolor="black" if flagged or pure else None,
+                xerr=[[value - lo], [hi - value]],
+                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"},
             )
-            text = f"{value:,.0f}" if metric == "rps" else f"{value:.1f}"
-            ax.text(value, y, " " + text, va="center", fontsize=7)
+            text = f"{value:,.0f}" if key == "rps" else f"{value:.1f}"
+            ax.text(hi, y, " " + text, va="center", fontsize=7)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=8)
     for label in ax.get_yticklabels():
-        if roles.get(label.get_text()) == "ours":
+        if rows_by_name[label.get_text()]["role"] == "ours":
             label.set_fontweight("bold")
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)
@@ -97,18 +110,30 @@ def figure(results: dict[str, Any], layout: list[list[str]], path: Path, heading
         squeeze=False,
     )
     for line, suites in enumerate(panels):
-        name = suites[0]["group_title"]
+        first = suites[0]
+        name = first["group_title"]
+        who = "load" if first["kind"] == "client" else "server"
+        unit = first.get("unit", "request")
         grouped_panel(
             axes[line][0],
             suites,
-            "cpu_us_per_request",
-            f"{name}: server CPU µs per request (lower is better)",
+            "figure",
+            f"{name}: {who} CPU µs per {unit} (lower is better)",
         )
-        grouped_panel(axes[line][1], suites, "rps", f"{name}: requests/s")
+        grouped_panel(axes[line][1], suites, "rps", f"{name}: {unit}s/s")
     widest: list[dict[str, Any]] = max(panels, key=len)
     legend = [
         Patch(color=COLORS[i % len(COLORS)], label=suite["short"]) for i, suite in enumerate(widest)
     ]
+    legend.append(
+        Patch(
+            facecolor=COLORS[0],
+            alpha=0.55,
+            edgecolor="black",
+            hatch="...",
+            label="pure (PULSAR_ARBITER_PURE=1)",
+        )
+    )
     if any(row.get("errors_in_runs") for p in panels for s in p for row in s["rows"]):
         legend.append(
             Patch(facecolor="white", edgecolor="black", hatch="//", label="runs had errors")
@@ -117,7 +142,7 @@ def figure(results: dict[str, Any], layout: list[list[str]], path: Path, heading
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     fig.suptitle(
         f"{heading} - {meta['date']}, {meta['cpu_model']}, {meta['nproc']} cores, "
-        f"median of {meta['runs']} run(s) x {meta['duration']} s",
+        f"median of {meta['runs']} interleaved run(s) x {meta['duration']} s, whisker min-max",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -133,7 +158,9 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
     figure(results, [["tcp"], ["udp"]], out / "echo.png", "Echo, 64 connections, 100 B")
-    figure(results, [["http1", "http2"]], out / "http.png", "HTTP/1.1 plaintext, wrk -c64")
+    figure(results, [["http1"], ["http2"]], out / "http.png", "HTTP/1.1 GET keep-alive, wrk -c64")
+    figure(results, [["pool"]], out / "client.png", "Client Pool as load generator, 64 conns")
+    figure(results, [["ws"]], out / "ws.png", "WebSocket echo, 64 connections, 100 B")
     return 0
 
 

@@ -52,6 +52,11 @@ class BenchError(RuntimeError):
     """A benchmark could not produce a trustworthy number."""
 
 
+class NotServed(BenchError):
+    """The server answered, but does not serve what the row measures (e.g. no
+    WebSocket yet): the row is skipped with this message, not failed."""
+
+
 class LoadResult(TypedDict):
     """The C client's JSON line (see c/echo_client.c)."""
 
@@ -72,7 +77,11 @@ class Measurement(LoadResult):
     server_cpu_util: float  # server CPU / wall time; well below 1.0 = not saturated
     client_cpu_util: float  # near 1.0 = the client, not the server, was the limit
     foreign_cpu_s: float  # CPU others used on our cores meanwhile; > ~0.1 s = noisy run
+    outside_share: float  # foreign_cpu_s / (window x cores): the machine's busy share not ours
+    core_busy: dict[str, float]  # busy share of each benchmark core over the window, ours included
+    window_s: float  # wall time over which the CPU samples were taken
     cpu_us_per_request: float
+    client_cpu_us_per_request: float  # the load generator's CPU per request
 
 
 # --------------------------------------------------------------------- pinning
@@ -333,27 +342,79 @@ def cpu_seconds(pid: int, include_children: bool = True) -> float:
     return total
 
 
-def cores_busy_seconds(cpus: Collection[int] | None = None) -> float:
-    """Busy (non-idle, non-iowait) CPU seconds so far on ``cpus`` (all if None).
+def busy_by_core(cpus: Collection[int] | None = None) -> dict[int, float]:
+    """Busy (non-idle, non-iowait) CPU seconds so far on each of ``cpus`` (all if None).
 
-    Read from /proc/stat.  Subtracting what the server and the client used
-    from the delta over a run gives the CPU that *other* processes took on
-    the benchmark's cores - a shared machine's noise, which otherwise shows
-    up only as an unexplained drop in rps.  Steal time counts as busy: the
-    hypervisor took it from us just the same.
+    Read from /proc/stat.  Steal time counts as busy: the hypervisor took it
+    from us just the same.
     """
-    ticks = 0
+    busy: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     with open("/proc/stat") as stat:
         for line in stat:
             name, *fields = line.split()
             if not name.startswith("cpu") or name == "cpu":
                 continue
-            if cpus is not None and int(name[3:]) not in cpus:
+            core = int(name[3:])
+            if cpus is not None and core not in cpus:
                 continue
             # user nice system idle iowait irq softirq steal
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-            ticks += user + nice + system + irq + softirq + steal
-    return ticks / os.sysconf("SC_CLK_TCK")
+            busy[core] = (user + nice + system + irq + softirq + steal) / tick
+    return busy
+
+
+def cores_busy_seconds(cpus: Collection[int] | None = None) -> float:
+    """Busy CPU seconds so far on ``cpus`` (all if None), summed over the cores.
+
+    Subtracting what the server and the client used from the delta over a
+    run gives the CPU that *other* processes took on the benchmark's cores -
+    a shared machine's noise, which otherwise shows up only as an
+    unexplained drop in rps.
+    """
+    return sum(busy_by_core(cpus).values())
+
+
+class BusyWindow:
+    """The machine's busy time on the benchmark cores over one measured window.
+
+    ``start()`` right before the load, ``stop()`` right after; then
+    :meth:`outside` charges the window's busy seconds to our server and load
+    processes (their CPU, given by the caller) and returns what is left:
+    other processes' CPU, in seconds and as a share of the cores' capacity.
+    """
+
+    def __init__(self, cores: set[int] | None) -> None:
+        self.cores = cores
+        self.count = len(cores) if cores is not None else (os.cpu_count() or 1)
+        self.before: dict[int, float] = {}
+        self.after: dict[int, float] = {}
+        self.started = self.stopped = 0.0
+
+    def start(self) -> None:
+        self.before = busy_by_core(self.cores)
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopped = time.monotonic()
+        self.after = busy_by_core(self.cores)
+
+    @property
+    def window_s(self) -> float:
+        return max(1e-6, self.stopped - self.started)
+
+    def core_shares(self) -> dict[str, float]:
+        """Busy share of each core over the window (ours and others together)."""
+        return {
+            str(core): round((self.after[core] - self.before.get(core, 0.0)) / self.window_s, 3)
+            for core in sorted(self.after)
+        }
+
+    def outside(self, ours_cpu_s: float) -> tuple[float, float]:
+        """(foreign CPU seconds, foreign share of the cores) given our processes' CPU."""
+        busy = sum(self.after.values()) - sum(self.before.values())
+        foreign = max(0.0, busy - ours_cpu_s)
+        return foreign, foreign / (self.window_s * self.count)
 
 
 # ------------------------------------------------------------------------ load
@@ -376,9 +437,8 @@ def run_echo_load(
     its output is not the expected JSON line - a number produced by a
     broken run must not reach a report.
     """
-    binary = cbuild.build("echo_client")
     argv = [
-        str(binary),
+        str(cbuild.build("echo_client")),
         "--host",
         host,
         "--port",
@@ -398,9 +458,56 @@ def run_echo_load(
     ]
     if udp:
         argv.append("--udp")
-    # RUSAGE_CHILDREN only grows when a child is reaped; the server is not
-    # reaped while it runs, so the delta is exactly the client's CPU (as long
-    # as no other thread of this process reaps children meanwhile).
+    return run_c_client(argv, cpu, warmup + duration)
+
+
+def run_ws_load(
+    port: int,
+    cpu: CpuSpec,
+    connections: int = 64,
+    size: int = 100,
+    duration: float = 3.0,
+    *,
+    warmup: float = 0.0,
+    host: str = DEFAULT_HOST,
+    path: str = "/ws",
+    binary: bool = False,
+) -> LoadResult:
+    """Run the C WebSocket echo client (c/ws_echo_client.c) pinned to ``cpu``.
+
+    One message of ``size`` bytes in flight per connection; ``requests`` in
+    the result are round trips (message out, the same message back).
+    """
+    argv = [
+        str(cbuild.build("ws_echo_client")),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--path",
+        path,
+        "--connections",
+        str(connections),
+        "--size",
+        str(size),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
+    if binary:
+        argv.append("--binary")
+    return run_c_client(argv, cpu, warmup + duration)
+
+
+def run_c_client(argv: list[str], cpu: CpuSpec, seconds: float) -> LoadResult:
+    """Run one of the C load generators to completion; parse its JSON line.
+
+    Its CPU time is read from RUSAGE_CHILDREN around the run: that only
+    grows when a child is reaped, and the server is not reaped while it
+    runs, so the delta is exactly the client's CPU (as long as no other
+    thread of this process reaps children meanwhile).
+    """
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(
@@ -408,11 +515,11 @@ def run_echo_load(
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=warmup + duration + CLIENT_GRACE,
+            timeout=seconds + CLIENT_GRACE,
             preexec_fn=_pinner(_cpu_set(cpu)),
         )
     except subprocess.TimeoutExpired as exc:  # run() has already killed it
-        raise BenchError(f"echo client exceeded its deadline: {argv}") from exc
+        raise BenchError(f"load client exceeded its deadline: {argv}") from exc
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = (usage_after.ru_utime + usage_after.ru_stime) - (
         usage_before.ru_utime + usage_before.ru_stime
@@ -420,7 +527,7 @@ def run_echo_load(
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise BenchError(
-            f"echo client exited {proc.returncode} ({argv}):\n"
+            f"load client exited {proc.returncode} ({argv}):\n"
             f"stdout: {proc.stdout.strip()}\nstderr: {proc.stderr.strip()}"
         )
     try:
@@ -436,7 +543,7 @@ def run_echo_load(
             client_cpu_s=client_cpu,
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise BenchError(f"unparsable echo client output: {proc.stdout!r}") from exc
+        raise BenchError(f"unparsable load client output: {proc.stdout!r}") from exc
 
 
 def measure(
@@ -454,48 +561,205 @@ def measure(
     port: int | None = None,
     ready: str | None = None,
     host: str = DEFAULT_HOST,
+    websocket: bool = False,
 ) -> Measurement:
     """Start a server, load it, and charge its CPU time to the requests.
 
     A separate ``warmup``-second load runs first (it fills caches, allocator
     arenas and any state a server creates lazily), then CPU is sampled
     immediately before and after the measured load, so start-up and warmup
-    never count.  ``foreign_cpu_s`` is the CPU other processes took on the
-    server's and client's cores during the measured load; a run with much of
-    it measured the neighbours as well.  UDP servers default to
-    ``ready="READY"``.  The server is stopped in a ``finally`` whatever happens.
+    never count.  ``foreign_cpu_s`` / ``outside_share`` are the CPU other
+    processes took on the server's and client's cores during the measured
+    load; a run with much of it measured the neighbours as well.  UDP
+    servers default to ``ready="READY"``.  ``websocket`` loads the server
+    with the WebSocket echo client instead (requests = round trips).  The
+    server is stopped in a ``finally`` whatever happens.
     """
     if udp and ready is None:
         ready = "READY"
     server = start_server(server_argv, server_cpu, env, port=port, ready=ready, host=host)
-    try:
-        load_args: dict[str, Any] = dict(
-            connections=connections, size=size, udp=udp, pipeline=pipeline, host=host
+
+    def load(seconds: float) -> LoadResult:
+        if websocket:
+            return run_ws_load(server.port, client_cpu, connections, size, seconds, host=host)
+        return run_echo_load(
+            server.port, client_cpu, connections, size, seconds, udp, pipeline, host=host
         )
+
+    try:
+        if websocket:
+            ws_handshake(host, server.port)
         if warmup > 0:
-            run_echo_load(server.port, client_cpu, duration=warmup, **load_args)
-        cores = _bench_cores(server_cpu, client_cpu)
-        busy_before = cores_busy_seconds(cores)
+            load(warmup)
+        window = BusyWindow(_bench_cores(server_cpu, client_cpu))
+        window.start()
         before = cpu_seconds(server.pid)
-        load = run_echo_load(server.port, client_cpu, duration=duration, **load_args)
+        result = load(duration)
         after = cpu_seconds(server.pid)
-        busy_after = cores_busy_seconds(cores)
+        window.stop()
         if not server.alive():
             raise BenchError(f"server died during the load:\n{server.stderr()}")
     finally:
         server.stop()
     cpu = after - before
+    return measurement(result, cpu, window, server_argv)
+
+
+WS_PROBE_TIMEOUT = 15.0
+WS_PROBE_REQUEST = (
+    "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def ws_handshake(host: str, port: int, path: str = "/ws", timeout: float = WS_PROBE_TIMEOUT) -> str:
+    """Try a WebSocket opening handshake until the server answers; return its status line.
+
+    Doubles as readiness (a pre-fork arbiter accepts before its worker has
+    imported the app).  An answer other than ``101`` raises NotServed with
+    the status line: the server is up but serves no WebSocket there.
+    """
+    deadline = time.monotonic() + timeout
+    request = WS_PROBE_REQUEST.format(path=path, host=host, port=port).encode()
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1.0) as sock:
+                sock.sendall(request)
+                data = b""
+                while b"\r\n\r\n" not in data and len(data) < 65536:
+                    sock.settimeout(max(0.01, deadline - time.monotonic()))
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError as exc:
+            last = exc
+            time.sleep(0.05)
+            continue
+        if not data:
+            last = ConnectionError("closed without an answer")
+            time.sleep(0.05)
+            continue
+        status = data.split(b"\r\n", 1)[0].decode("latin-1")
+        if status.split()[1:2] != ["101"]:
+            raise NotServed(f"the WebSocket handshake on {path} was answered {status!r}")
+        return status
+    raise BenchError(f"no answer to a WebSocket handshake on {host}:{port} in {timeout} s: {last}")
+
+
+def measurement(
+    load: LoadResult, server_cpu_s: float, window: BusyWindow, argv: Sequence[str]
+) -> Measurement:
+    """One run's figures from the load's result, the server's CPU and the busy window."""
     requests = load["requests"]
     wall = load["duration"]
     if requests == 0:
-        raise BenchError(f"no request completed against {list(server_argv)}: {load}")
+        raise BenchError(f"no request completed against {list(argv)}: {load}")
+    foreign, share = window.outside(server_cpu_s + load["client_cpu_s"])
     return Measurement(
         **load,
-        server_cpu_s=cpu,
-        server_cpu_util=cpu / wall if wall > 0 else 0.0,
+        server_cpu_s=server_cpu_s,
+        server_cpu_util=server_cpu_s / wall if wall > 0 else 0.0,
         client_cpu_util=load["client_cpu_s"] / wall if wall > 0 else 0.0,
-        foreign_cpu_s=max(0.0, busy_after - busy_before - cpu - load["client_cpu_s"]),
-        cpu_us_per_request=cpu * 1e6 / requests,
+        foreign_cpu_s=foreign,
+        outside_share=share,
+        core_busy=window.core_shares(),
+        window_s=window.window_s,
+        cpu_us_per_request=server_cpu_s * 1e6 / requests,
+        client_cpu_us_per_request=load["client_cpu_s"] * 1e6 / requests,
+    )
+
+
+def measure_load_process(
+    server_argv: Sequence[str],
+    load_argv: Callable[[int], list[str]],
+    *,
+    server_cpu: CpuSpec = 0,
+    client_cpu: CpuSpec = 1,
+    load_env: Mapping[str, str] | None = None,
+    ready: str | None = "READY",
+    port: int | None = None,
+    host: str = DEFAULT_HOST,
+    seconds: float = 10.0,
+) -> Measurement:
+    """Measure a load generator, not a server: scripts/load.py against a fixed server.
+
+    ``load_argv(port)`` is the load process's command; it runs pinned to
+    ``client_cpu`` with ``load_env`` overlaid, does its own warm-up and
+    prints one JSON line (requests, rps, errors, duration and
+    ``client_cpu_us_per_request``, its own CPU over the measured window
+    only).  That last figure is what the row compares.  The server's CPU
+    and the machine's busy time are sampled around the whole load process
+    (interpreter start and warm-up included), so ``outside_share`` uses the
+    same window for everyone; ``cpu_us_per_request`` (the server's) is its
+    CPU share over that window times the measured window, per request.
+    """
+    server = start_server(server_argv, server_cpu, port=port, ready=ready, host=host)
+    argv = load_argv(server.port)
+    try:
+        window = BusyWindow(_bench_cores(server_cpu, client_cpu))
+        usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        window.start()
+        before = cpu_seconds(server.pid)
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=seconds + CLIENT_GRACE + 10.0,
+                preexec_fn=_pinner(_cpu_set(client_cpu)),
+                env={**os.environ, **(load_env or {})},
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"load process exceeded its deadline: {argv}") from exc
+        after = cpu_seconds(server.pid)
+        window.stop()
+        usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if not server.alive():
+            raise BenchError(f"server died during the load:\n{server.stderr()}")
+    finally:
+        server.stop()
+    client_cpu_s = (usage_after.ru_utime + usage_after.ru_stime) - (
+        usage_before.ru_utime + usage_before.ru_stime
+    )
+    lines = proc.stdout.strip().splitlines()
+    try:
+        raw: dict[str, Any] = json.loads(lines[-1])
+        requests, wall = int(raw["requests"]), float(raw["duration"])
+        figure = float(raw["client_cpu_us_per_request"])
+        rps, errors = float(raw["rps"]), int(raw["errors"])
+        util = float(raw["client_cpu_util"])
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise BenchError(
+            f"load process exited {proc.returncode} without its JSON line ({argv}):\n"
+            f"{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}"
+        ) from exc
+    if requests == 0:
+        raise BenchError(f"no request completed by {argv}: {raw}")
+    server_cpu_s = after - before
+    foreign, share = window.outside(server_cpu_s + client_cpu_s)
+    server_util = server_cpu_s / window.window_s
+    return Measurement(
+        requests=requests,
+        errors=errors,
+        lost=0,
+        duration=wall,
+        rps=rps,
+        p50_us=0.0,
+        p99_us=0.0,
+        client_cpu_s=client_cpu_s,
+        server_cpu_s=server_cpu_s,
+        server_cpu_util=server_util,
+        client_cpu_util=util,
+        foreign_cpu_s=foreign,
+        outside_share=share,
+        core_busy=window.core_shares(),
+        window_s=window.window_s,
+        cpu_us_per_request=server_util * wall * 1e6 / requests,
+        client_cpu_us_per_request=figure,
     )
 
 

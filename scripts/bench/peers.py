@@ -31,7 +31,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / ".peers"
 NGINX_TEMPLATE = HERE / "nginx.conf.template"
-REQUIREMENTS = ["uvicorn[standard]", "gunicorn", "granian", "uvicorn-worker", "matplotlib"]
+REQUIREMENTS = [
+    "uvicorn[standard]",
+    "wsproto",
+    "gunicorn",
+    "granian",
+    "uvicorn-worker",
+    "matplotlib",
+]
 PEER_PACKAGES = [
     "uvicorn",
     "gunicorn",
@@ -39,6 +46,8 @@ PEER_PACKAGES = [
     "uvicorn-worker",
     "uvloop",
     "httptools",
+    "websockets",
+    "wsproto",
     "matplotlib",
 ]
 OUR_PACKAGES = ["pulsar-arbiter", "uvloop", "httptools", "psutil"]
@@ -80,11 +89,16 @@ def run_checked(argv: list[str], timeout: float, env: dict[str, str] | None = No
     return proc.stdout
 
 
-def output_of(argv: list[str]) -> str:
+def output_of(argv: list[str], env: dict[str, str] | None = None) -> str:
     """First line a version command prints (stdout or stderr), '' if it fails."""
     try:
         proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=QUICK_TIMEOUT
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=QUICK_TIMEOUT,
+            env={**os.environ, **(env or {})},
         )
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -145,10 +159,15 @@ def ensure_peers(log: Log, root: Path = PEERS_DIR) -> Peers:
     wanted = json.dumps(REQUIREMENTS)
     python = root / "bin" / "python"
     if not (python.exists() and marker.exists() and marker.read_text() == wanted):
-        log(f"creating the peers' venv in {root} (pip install {' '.join(REQUIREMENTS)})")
-        if root.exists():
-            shutil.rmtree(root)
-        run_checked([sys.executable, "-m", "venv", str(root)], PIP_TIMEOUT)
+        # An existing venv is topped up (pip installs only what is missing); one
+        # whose interpreter no longer runs is made again.
+        usable = python.exists() and _runs(python)
+        verb = "updating" if usable else "creating"
+        log(f"{verb} the peers' venv in {root} (pip install {' '.join(REQUIREMENTS)})")
+        if not usable:
+            if root.exists():
+                shutil.rmtree(root)
+            run_checked([sys.executable, "-m", "venv", str(root)], PIP_TIMEOUT)
         run_checked(
             [
                 str(python),
@@ -162,7 +181,7 @@ def ensure_peers(log: Log, root: Path = PEERS_DIR) -> Peers:
             PIP_TIMEOUT,
         )
         marker.write_text(wanted)
-    check = "import uvicorn, gunicorn, granian, matplotlib, uvloop, httptools"
+    check = "import uvicorn, gunicorn, granian, matplotlib, uvloop, httptools, websockets, wsproto"
     run_checked([str(python), "-c", check], QUICK_TIMEOUT)
     # uvicorn.workers is deprecated (and may be gone); uvicorn-worker replaces it.
     try:
@@ -171,6 +190,14 @@ def ensure_peers(log: Log, root: Path = PEERS_DIR) -> Peers:
     except SetupError:
         worker_class = "uvicorn.workers.UvicornWorker"
     return Peers(root=root, uvicorn_worker_class=worker_class)
+
+
+def _runs(python: Path) -> bool:
+    try:
+        run_checked([str(python), "-c", "pass"], QUICK_TIMEOUT)
+    except SetupError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------- nginx

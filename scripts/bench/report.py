@@ -6,11 +6,15 @@ without measuring again, and so the target rules live in one place.
 
 The rules the tables follow:
 
-* server CPU microseconds per request is in bold: it is the figure that
-  compares implementations (rps can be capped by the load generator, and is
-  meaningless when load and server share cores);
-* ratios divide by the suite's bare row (what the event loop alone costs)
-  and by its limit row (C epoll for echo, nginx for HTTP);
+* the compared figure is in bold - CPU microseconds per request (per
+  message for WebSocket), the server's, or the load process's in the client
+  table: rps can be capped by the load generator, and is meaningless when
+  load and server share cores;
+* every row shows the median of its runs and their min-max;
+* a ratio is never a ratio of medians: each round of the table measured
+  every row once, a few seconds apart, so the ratio is taken within each
+  round and the median of those ratios is shown (min-max beside it in the
+  targets);
 * any row whose runs saw errors, non-2xx answers, timeouts or lost
   datagrams says so in its notes, and a target that depends on such a row
   is reported as unreliable rather than met.
@@ -19,56 +23,57 @@ The rules the tables follow:
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# (key, suite, ours, reference, factor, strict): ours_cpu / ref_cpu must be
-# < factor (strict) or <= factor; the HTTP ones are also shown for 2 workers.
-TARGETS: list[tuple[str, str, str, str, float, bool]] = [
-    (
-        "raw HTTP handler within 1.3x of bare uvloop+httptools",
-        "http1",
-        "pulsar_arbiter raw",
-        "bare uvloop+httptools",
-        1.3,
-        False,
-    ),
-    ("WSGI adapter cheaper than uvicorn", "http1", "pulsar_arbiter WSGI", "uvicorn", 1.0, True),
-    (
-        "WSGI adapter cheaper than granian ASGI",
-        "http1",
-        "pulsar_arbiter WSGI",
-        "granian ASGI",
-        1.0,
-        True,
-    ),
-    (
-        "WSGI adapter at least matching granian WSGI",
-        "http1",
-        "pulsar_arbiter WSGI",
-        "granian WSGI",
-        1.0,
-        False,
-    ),
-    (
-        "TCP echo within 1.2x of bare uvloop",
-        "tcp",
-        "pulsar_arbiter echo",
-        "bare uvloop",
-        1.2,
-        False,
-    ),
-    (
-        "UDP echo within 1.3x of bare uvloop",
-        "udp",
-        "pulsar_arbiter DatagramServer",
-        "bare uvloop",
-        1.3,
-        False,
-    ),
-]
-SECOND_SUITE = {"http1": "http2"}
+PURE_SUFFIX = " (pure)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """ours / reference in one table, judged on the median of per-round ratios."""
+
+    issue: str
+    text: str
+    suite: str
+    ours: str  # the compiled row's name; the pure row adds PURE_SUFFIX
+    reference: str
+    factor: float
+    op: str  # "<", "<=" or ">="
+    metric: str = "cpu_us_per_request"
+
+
+TARGETS: list[Target] = [
+    Target("14", "TCP echo within 1.2x of bare uvloop", "tcp", "pulsar_arbiter echo",
+           "bare uvloop", 1.2, "<="),
+    Target("14", "UDP echo within 1.3x of bare uvloop", "udp",
+           "pulsar_arbiter DatagramServer", "bare uvloop", 1.3, "<="),
+    Target("14", "raw HTTP handler within 1.3x of bare uvloop+httptools", "http1",
+           "pulsar_arbiter raw", "bare uvloop+httptools", 1.3, "<="),
+    Target("14", "WSGI at least matching granian WSGI (Rust)", "http1", "pulsar_arbiter WSGI",
+           "granian WSGI", 1.0, "<="),
+    Target("14", "client Pool within 1.5x of a bare protocol client (load CPU/request)",
+           "pool", "pulsar_arbiter Pool", "bare protocol client", 1.5, "<=",
+           "client_cpu_us_per_request"),
+    Target("14", "2 workers serve at least 1.8x the requests/s of 1 worker (raw HTTP)",
+           "http2", "pulsar_arbiter raw, 2 workers", "pulsar_arbiter raw, 1 worker", 1.8,
+           ">=", "rps"),
+    Target("13", "ASGI cheaper than granian ASGI", "http1", "pulsar_arbiter ASGI",
+           "granian ASGI", 1.0, "<"),
+    Target("13", "ASGI at most 0.7x uvicorn (httptools + uvloop)", "http1",
+           "pulsar_arbiter ASGI", "uvicorn", 0.7, "<="),
+    Target("13", "WebSocket echo cheaper per message than uvicorn (websockets)", "ws",
+           "pulsar_arbiter ASGI WebSocket", "uvicorn (websockets)", 1.0, "<"),
+    Target("13", "WebSocket echo cheaper per message than uvicorn (wsproto)", "ws",
+           "pulsar_arbiter ASGI WebSocket", "uvicorn (wsproto)", 1.0, "<"),
+    Target("earlier", "WSGI cheaper than uvicorn (ASGI)", "http1", "pulsar_arbiter WSGI",
+           "uvicorn", 1.0, "<"),
+    Target("earlier", "WSGI cheaper than granian ASGI", "http1", "pulsar_arbiter WSGI",
+           "granian ASGI", 1.0, "<"),
+]  # fmt: skip
 
 
 # -------------------------------------------------------------------- lookups
@@ -88,79 +93,124 @@ def row_of(suite: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
     return None
 
 
-def cpu(row: dict[str, Any] | None) -> float | None:
-    if row is None or not row.get("median"):
+def figure(row: dict[str, Any] | None, metric: str) -> float | None:
+    """The row's median of ``metric``, None if it has no result."""
+    if row is None or not row.get("median") or metric not in row["median"]:
         return None
-    return float(row["median"]["cpu_us_per_request"])
+    return float(row["median"][metric])
+
+
+def round_ratios(
+    row: dict[str, Any] | None, ref: dict[str, Any] | None, metric: str
+) -> list[float]:
+    """row / ref for each round both have a run in: ratios within one round only."""
+    if row is None or ref is None:
+        return []
+    theirs = {r["round"]: float(r[metric]) for r in ref.get("runs", []) if metric in r}
+    return [
+        float(r[metric]) / theirs[r["round"]]
+        for r in row.get("runs", [])
+        if metric in r and theirs.get(r["round"], 0.0) > 0
+    ]
+
+
+def median_ratio(row: dict[str, Any] | None, ref: dict[str, Any] | None, metric: str) -> str:
+    ratios = round_ratios(row, ref, metric)
+    return f"{statistics.median(ratios):.2f}x" if ratios else "-"
 
 
 # -------------------------------------------------------------------- targets
-def _judge(
-    results: dict[str, Any], suite_key: str, ours: str, ref: str, factor: float, strict: bool
-) -> dict[str, Any]:
-    suite = suite_of(results, suite_key)
-    mine, theirs = row_of(suite, ours), row_of(suite, ref)
-    a, b = cpu(mine), cpu(theirs)
-    if a is None or b is None or b <= 0:
+def _met(ratio: float, op: str, factor: float) -> bool:
+    if op == "<":
+        return ratio < factor
+    if op == ">=":
+        return ratio >= factor
+    return ratio <= factor
+
+
+def judge(results: dict[str, Any], target: Target, ours: str) -> dict[str, Any]:
+    """One target for one of our rows: median of the per-round ratios, and its spread."""
+    suite = suite_of(results, target.suite)
+    mine, theirs = row_of(suite, ours), row_of(suite, target.reference)
+    entry: dict[str, Any] = {"suite": target.suite, "ours": ours, "ratio": None}
+    for row in (mine, theirs):
+        if row is not None and row.get("skipped"):
+            entry["status"] = f"n/a ({row['name']} skipped: {row['skipped']})"
+            return entry
+    ratios = round_ratios(mine, theirs, target.metric)
+    if not ratios:
         missing = mine is None or theirs is None
-        status = "n/a (not measured)" if missing else "n/a (a row failed)"
-        return {"suite": suite_key, "ratio": None, "status": status}
-    ratio = a / b
-    met = ratio < factor if strict else ratio <= factor
+        entry["status"] = "n/a (not measured)" if missing else "n/a (a row failed)"
+        return entry
+    ratio = statistics.median(ratios)
+    met = _met(ratio, target.op, target.factor)
     flagged = [r["name"] for r in (mine, theirs) if r and r.get("errors_in_runs")]
-    if flagged:
-        status = f"unreliable (errors in {', '.join(flagged)})"
-    else:
-        status = "met" if met else "NOT met"
-    return {
-        "suite": suite_key,
-        "ours_cpu_us": a,
-        "ref_cpu_us": b,
-        "ratio": ratio,
-        "met": met,
-        "status": status,
-    }
+    status = (
+        f"unreliable (errors in {', '.join(flagged)})" if flagged else ("met" if met else "NOT met")
+    )
+    entry.update(
+        ratio=ratio,
+        ratio_min=min(ratios),
+        ratio_max=max(ratios),
+        rounds=len(ratios),
+        ours_value=figure(mine, target.metric),
+        ref_value=figure(theirs, target.metric),
+        ours_cpu_us=figure(mine, "cpu_us_per_request"),
+        ref_cpu_us=figure(theirs, "cpu_us_per_request"),
+        met=met,
+        status=status,
+    )
+    return entry
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target judged on the same run's server CPU per request."""
+    """Each target judged for the compiled and the pure row, on the same run's rounds."""
     judged = []
-    for text, suite_key, ours, ref, factor, strict in TARGETS:
-        entry: dict[str, Any] = {
-            "target": text,
-            "ours": ours,
-            "reference": ref,
-            "threshold": f"{'<' if strict else '<='} {factor:.2f}x",
-            "primary": _judge(results, suite_key, ours, ref, factor, strict),
-        }
-        second = SECOND_SUITE.get(suite_key)
-        if second is not None:
-            entry["secondary"] = _judge(results, second, ours, ref, factor, strict)
-        judged.append(entry)
+    for target in TARGETS:
+        judged.append(
+            {
+                "issue": target.issue,
+                "target": target.text,
+                "ours": target.ours,
+                "reference": target.reference,
+                "metric": target.metric,
+                "threshold": f"{target.op} {target.factor:.2f}x",
+                "compiled": judge(results, target, target.ours),
+                "pure": judge(results, target, target.ours + PURE_SUFFIX),
+            }
+        )
     return judged
 
 
-def _ratio_cell(judged: dict[str, Any] | None) -> str:
+def _ratio_cell(judged: dict[str, Any] | None, metric: str) -> str:
     if judged is None:
         return "-"
     if judged["ratio"] is None:
         return str(judged["status"])
+    if metric == "rps":
+        detail = (
+            f"{judged['ours_value']:,.0f} / {judged['ref_value']:,.0f} req/s; server CPU "
+            f"{judged['ours_cpu_us']:.1f} / {judged['ref_cpu_us']:.1f} µs/req"
+        )
+    else:
+        detail = f"{judged['ours_value']:.1f} / {judged['ref_value']:.1f} µs"
     return (
-        f"{judged['ratio']:.2f}x ({judged['ours_cpu_us']:.1f} / {judged['ref_cpu_us']:.1f} µs) "
-        f"**{judged['status']}**"
+        f"{judged['ratio']:.2f}x ({judged['ratio_min']:.2f}-{judged['ratio_max']:.2f}; "
+        f"{detail}) **{judged['status']}**"
     )
 
 
 def targets_markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| Target (server CPU µs per request, ours / reference) | threshold "
-        "| 1 worker, pinned (the target) | 2 workers, unpinned (for information) |",
-        "|---|---|---|---|",
+        "| Issue | Target (ours / reference, median of the per-round ratios) | threshold "
+        "| compiled (default environment) | pure (PULSAR_ARBITER_PURE=1) |",
+        "|---|---|---|---|---|",
     ]
     for entry in results["targets"]:
         lines.append(
-            f"| {entry['target']} | {entry['threshold']} | {_ratio_cell(entry['primary'])} "
-            f"| {_ratio_cell(entry.get('secondary'))} |"
+            f"| {entry['issue']} | {entry['target']} | {entry['threshold']} "
+            f"| {_ratio_cell(entry.get('compiled'), entry['metric'])} "
+            f"| {_ratio_cell(entry.get('pure'), entry['metric'])} |"
         )
     return "\n".join(lines)
 
@@ -170,13 +220,7 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _ratio(value: float | None, ref: float | None) -> str:
-    if value is None or ref is None or ref <= 0:
-        return "-"
-    return f"{value / ref:.2f}x"
-
-
-def row_notes(suite: dict[str, Any], row: dict[str, Any], max_foreign: float) -> list[str]:
+def row_notes(suite: dict[str, Any], row: dict[str, Any], max_outside: float) -> list[str]:
     """Why a row's number may not mean what it seems to."""
     notes = []
     m = row["median"]
@@ -192,53 +236,90 @@ def row_notes(suite: dict[str, Any], row: dict[str, Any], max_foreign: float) ->
         notes.append(f"⚠ {' + '.join(parts)} in {row['errors_in_runs']}/{runs} runs")
     if (row.get("headers") or {}).get("connection") == "close":
         notes.append("no keep-alive (`connection: close`): one TCP connection per request")
-    if suite["pinned"]:
+    if suite["pinned"] and suite["kind"] != "client":
         if m["client_cpu_util"] >= 0.9:
             notes.append("load-bound (the load generator's core was full)")
         if m["server_cpu_util"] < 0.8:
             notes.append(f"server core not saturated ({m['server_cpu_util']:.0%})")
-    if m["foreign_cpu_s"] > max_foreign:
-        notes.append("noisy: other processes used our cores")
-    if row.get("discarded_noisy"):
-        notes.append(f"{row['discarded_noisy']} noisy run(s) redone")
+    if row.get("noisy_kept"):
+        notes.append(f"{row['noisy_kept']} run(s) above {max_outside:.0%} outside load kept")
+    if row.get("rejected_noisy"):
+        notes.append(f"{len(row['rejected_noisy'])} noisy run(s) redone")
+    if row.get("failures"):
+        notes.append(f"{len(row['failures'])} failed run(s)")
     return notes
 
 
-def suite_table(suite: dict[str, Any], max_foreign: float) -> str:
-    bare = cpu(row_of(suite, suite["bare"]))
-    limit = cpu(row_of(suite, suite["limit"]))
-    bare_row, limit_row = row_of(suite, suite["bare"]), row_of(suite, suite["limit"])
-    bare_rps = bare_row["median"]["rps"] if bare_row and bare_row.get("median") else None
-    limit_rps = limit_row["median"]["rps"] if limit_row and limit_row.get("median") else None
+def suite_table(suite: dict[str, Any], max_outside: float) -> str:
+    metric = suite.get("metric", "cpu_us_per_request")
+    unit = suite.get("unit", "request")
+    short = "req" if unit == "request" else "msg"
+    bare_row = row_of(suite, suite["bare"])
+    limit_row = row_of(suite, suite["limit"]) if suite.get("limit") else None
+    client = suite["kind"] == "client"
     load = "wrk" if suite["kind"] == "http" else "load"
+    what = "load CPU" if client else "server CPU"
+    refs = [("bare", suite["bare"], bare_row)]
+    if limit_row is not None or suite.get("limit"):
+        refs.append(("limit", suite["limit"], limit_row))
+    ratio_heads = "".join(f" | {what}/{short} vs {name}" for _, name, _ in refs)
+    ratio_heads += "".join(f" | {short}/s vs {name}" for _, name, _ in refs)
     lines = [
-        f"| Server | req/s | p50 µs | p99 µs | **server CPU µs/req** | CPU/req vs {suite['bare']} "
-        f"| CPU/req vs {suite['limit']} | req/s vs {suite['bare']} | req/s vs {suite['limit']} "
-        f"| server CPU | {load} CPU | foreign CPU s | notes |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        f"| {'Load generator' if client else 'Server'} | runs | {short}/s | p50 µs | p99 µs "
+        f"| **{what} µs/{short}** (median) "
+        f"| min-max{ratio_heads} | {'server' if not client else 'C server'} CPU "
+        f"| {load} CPU | outside load (median, max) | notes |",
+        "|---|--:|--:|--:|--:|--:|--:|" + "--:|" * (2 * len(refs)) + "--:|--:|--:|---|",
     ]
     for row in suite["rows"]:
         name = f"**{row['name']}**" if row["role"] == "ours" else row["name"]
+        blanks = " |" * (2 * len(refs) + 8)
+        if row.get("skipped"):
+            lines.append(f"| {name} | skipped |{blanks} {row['skipped']} |")
+            continue
         if not row.get("median"):
             reason = (row.get("error") or "no result").splitlines()[0][:160]
-            lines.append(f"| {name} | failed | | | | | | | | | | | {reason} (see below) |")
+            lines.append(f"| {name} | failed |{blanks} {reason} (see Details) |")
             continue
-        m = row["median"]
-        c = m["cpu_us_per_request"]
+        m, lo, hi = row["median"], row["min"], row["max"]
+        latency = "| - | -" if client else f"| {m['p50_us']:,.0f} | {m['p99_us']:,.0f}"
+        ratios = "".join(f" | {median_ratio(row, ref, metric)}" for _, _, ref in refs)
+        ratios += "".join(f" | {median_ratio(row, ref, 'rps')}" for _, _, ref in refs)
         lines.append(
-            f"| {name} | {m['rps']:,.0f} | {m['p50_us']:,.0f} | {m['p99_us']:,.0f} "
-            f"| **{c:.2f}** | {_ratio(c, bare)} | {_ratio(c, limit)} "
-            f"| {_ratio(m['rps'], bare_rps)} | {_ratio(m['rps'], limit_rps)} "
+            f"| {name} | {len(row['runs'])} | {m['rps']:,.0f} {latency} "
+            f"| **{m[metric]:.2f}** | {lo[metric]:.2f}-{hi[metric]:.2f}{ratios} "
             f"| {m['server_cpu_util']:.0%} | {m['client_cpu_util']:.0%} "
-            f"| {m['foreign_cpu_s']:.2f} | {'; '.join(row_notes(suite, row, max_foreign))} |"
+            f"| {m['outside_share']:.1%}, {hi['outside_share']:.1%} "
+            f"| {'; '.join(row_notes(suite, row, max_outside))} |"
         )
     return "\n".join(lines)
+
+
+def variants_table(results: dict[str, Any]) -> list[str]:
+    """Each of our rows, compiled next to pure: the medians and the per-round ratio."""
+    lines = [
+        "| Table | Row | compiled µs (median) | pure µs (median) | pure / compiled |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for suite in results["suites"]:
+        metric = suite.get("metric", "cpu_us_per_request")
+        for row in suite["rows"]:
+            if row.get("variant") != "compiled":
+                continue
+            pure = row_of(suite, row["name"] + PURE_SUFFIX)
+            a, b = figure(row, metric), figure(pure, metric)
+            lines.append(
+                f"| {suite['key']} | {row['name']} | {_num(a, '.2f')} | {_num(b, '.2f')} "
+                f"| {median_ratio(pure, row, metric)} |"
+            )
+    return lines if len(lines) > 2 else []
 
 
 # --------------------------------------------------------------------- render
 def _facts(meta: dict[str, Any]) -> list[str]:
     ours = ", ".join(f"{k} {v}" for k, v in meta.get("ours", {}).items())
     theirs = ", ".join(f"{k} {v}" for k, v in meta.get("peers", {}).items())
+    core = meta.get("core", {})
     return [
         f"- Date: {meta['date']}",
         f"- CPU: {meta['cpu_model']}; nproc {meta['nproc']} (usable cores "
@@ -246,61 +327,97 @@ def _facts(meta: dict[str, Any]) -> list[str]:
         f"- Kernel: Linux {meta['kernel']}",
         f"- Python: {meta['python_impl']} {meta['python']} (ours and the peers' venv alike)",
         f"- Our side: {ours}",
-        f"- Peers' venv (scripts/bench/.peers): {theirs}; gunicorn worker class "
-        f"`{meta.get('uvicorn_worker_class', '?')}`",
+        f"- `python -m pulsar_arbiter --version`: `{core.get('compiled', '?')}`; with "
+        f"PULSAR_ARBITER_PURE=1: `{core.get('pure', '?')}`",
+        f"- Peers' venv (scripts/bench/.peers): {theirs}",
         f"- {meta.get('nginx', '')}; {meta.get('wrk', '')}; {meta.get('gcc', '')}",
     ]
+
+
+def method(meta: dict[str, Any]) -> list[str]:
+    """The "How it is measured" section."""
+    max_outside = float(meta["max_outside"])
+    return [
+        "## How it is measured",
+        "",
+        f"- **Interleaved rounds.** Each table is measured in {meta['runs']} rounds: run 1 "
+        "of every row, then run 2 of every row, and so on (the first row rotates each "
+        "round). A neighbour's burst or a drift of the machine then touches every row "
+        "alike rather than one row's whole series.",
+        "- **Fresh processes.** Every run starts its server afresh on a free port, warms it "
+        f"up for {meta['warmup']} s with the same load, then measures for "
+        f"{meta['duration']} s.",
+        "- **The figure: CPU per request.** The server's CPU (user + system of its whole "
+        "process tree, arbiter and workers together) is sampled right before and after the "
+        "measured load and divided by the requests (WebSocket: echoed messages) the load "
+        "generator counted. In the client table the figure is the load process's own CPU "
+        "over its measured window, per request.",
+        "- **min / median / max.** Each row shows the median of its runs and their range.",
+        "- **Ratios within one run.** Every ratio (the `vs` columns and the targets) is "
+        "taken within one round - the two rows ran seconds apart under the same "
+        "conditions - and the median of the rounds' ratios is shown; the targets also give "
+        "the min-max of those ratios. A ratio of two medians is never used.",
+        "- **Pinning.** One-worker tables: server pinned to core 0, load generator to core 1. "
+        "The 1-vs-2-worker table leaves both unpinned (two pinned workers and a pinned load "
+        "do not fit on two cores), so wrk competes with the workers there.",
+        "- **Outside load.** Over every measured window, the busy time of the benchmark's "
+        "cores (from /proc/stat: user, nice, system, irq, softirq, steal) minus the CPU "
+        "of our server's process tree and of the load process is the time other processes "
+        "took: `outside load` is that as a share of the cores' capacity (both cores when "
+        f"unpinned). A run above {max_outside:.0%} is measured again, at most "
+        f"{meta['max_redo']} times per run and only while the whole run stays within its "
+        f"time budget ({meta['budget_s']:.0f} s); every rejected run is kept in "
+        "results.json. Before each run the harness also waits (bounded) for a short lull. "
+        f"This run redid {meta.get('redone', 0)} run(s) and waited "
+        f"{meta.get('quiet_waited_s', 0):.0f} s for lulls.",
+        "- **Compiled and pure.** Each of our rows is measured twice: with the default "
+        "environment (the compiled core when it is built; `--version` above says which is "
+        "loaded) and with `PULSAR_ARBITER_PURE=1`, which forces the pure-Python path.",
+        "- `server CPU` and the load's CPU are in % of one core over the run; near 100 % for "
+        "the load means the load generator set the pace (`load-bound`). A server that is "
+        "not saturated serves fewer requests per loop wake-up and spends somewhat more CPU "
+        "per request: compare rows whose `server CPU` is similar.",
+        "- Latency: p50/p99 from the load generator at 64 requests in flight - a saturation "
+        "latency, not an idle one.",
+        "- A run with socket errors, non-2xx answers, timeouts or lost datagrams is kept and "
+        "flagged ⚠ in its row's notes; targets relying on such a row say `unreliable`. A "
+        "row whose server does not serve the protocol yet (our WebSocket before `--asgi` "
+        "speaks it, found by trying a handshake) is skipped with the answer it got.",
+        "",
+    ]
+
+
+CHARTS = {"tcp": "echo.png", "http1": "http.png", "pool": "client.png", "ws": "ws.png"}
 
 
 def render(results: dict[str, Any]) -> str:
     """The whole README.md."""
     meta = results["meta"]
-    max_foreign = float(meta["max_foreign_s"])
+    max_outside = float(meta["max_outside"])
     out = [
         "# Benchmarks",
         "",
-        f"Generated by `{meta['command']}` on {meta['date']} ({meta['mode']} mode: median of "
-        f"{meta['runs']} run(s) of {meta['duration']} s after a {meta['warmup']} s warm-up, "
-        f"{meta['connections']} connections; the whole run took {meta['elapsed_s']:.0f} s, "
-        f"{meta.get('quiet_waited_s', 0):.0f} s of it waiting for neighbours' bursts to pass). "
-        "Generated file: rerun the command rather than editing it. Every run is in "
-        "[results.json](results.json).",
+        f"Generated by `{meta['command']}` on {meta['date']} ({meta['mode']} mode: "
+        f"{meta['runs']} interleaved run(s) of {meta['duration']} s per row after a "
+        f"{meta['warmup']} s warm-up, {meta['connections']} connections; the whole run took "
+        f"{meta['elapsed_s']:.0f} s). Generated file: rerun the command rather than editing "
+        "it. Every run is in [results.json](results.json).",
         "",
         "## Targets",
         "",
+        "Issues 13 (ASGI and WebSocket) and 14 (compiled core), and the earlier WSGI "
+        "targets; each judged on the median of the per-round ratios of one run.",
+        "",
         targets_markdown(results),
         "",
-        "## Machine",
-        "",
-        *_facts(meta),
-        "",
-        "## How it is measured",
-        "",
-        "- Every server runs in its own process tree, started afresh for each run; its CPU "
-        "(user + system, arbiter/master and workers together) is sampled right before and "
-        "after the measured load and divided by the requests the load generator counted: "
-        "**server CPU µs per request**, the figure to compare.",
-        "- One-worker tables: server pinned to core 0, load generator pinned to core 1. "
-        "Two-worker table: the server may use both cores and wrk is unpinned, so wrk competes "
-        "with the workers and requests/s mostly shows how much CPU a server leaves to wrk.",
-        "- `server CPU` and the load's CPU are in % of one core over the run; near 100 % for "
-        "the load means the load generator, not the server, set the pace (`load-bound`).",
-        f"- `foreign CPU s`: CPU other processes used on the benchmark's cores during the run "
-        f"(all cores when unpinned). Runs above {max_foreign:.2f} s were redone while the time "
-        "budget allowed.",
-        "- A server that is not saturated (the load generator was the limit, or neighbours "
-        "took its core) serves fewer requests per event-loop wake-up and so spends somewhat "
-        "more CPU per request than at saturation: compare rows whose `server CPU` is similar.",
-        "- Latency: p50/p99 per request from the load generator (`wrk --latency`, or the C "
-        "echo client), at 64 requests in flight - a saturation latency, not an idle one.",
-        "- A run with socket errors, non-2xx answers, timeouts or lost datagrams is kept and "
-        "flagged ⚠ in its row's notes; targets relying on such a row say `unreliable`.",
-        "",
     ]
-    charts = {"tcp": "echo.png", "http1": "http.png"}
+    variants = variants_table(results)
+    if variants:
+        out += ["## Compiled and pure side by side", "", *variants, ""]
+    out += ["## Machine", "", *_facts(meta), "", *method(meta)]
     for suite in results["suites"]:
-        out += [f"## {suite['title']}", "", suite["note"], "", suite_table(suite, max_foreign), ""]
-        chart = charts.get(suite["key"])
+        out += [f"## {suite['title']}", "", suite["note"], "", suite_table(suite, max_outside), ""]
+        chart = CHARTS.get(suite["key"])
         if chart:
             out += [f"![{suite['group_title']}]({chart})", ""]
     out += [
@@ -312,7 +429,8 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     for suite in results["suites"]:
-        out += [f"### {suite['title']}", "", "```", f"# load: {suite['load_command']}"]
+        label = "server" if suite["kind"] == "client" else "load"
+        out += [f"### {suite['title']}", "", "```", f"# {label}: {suite['load_command']}"]
         out += [f"# {row['name']}\n{row['command']}" for row in suite["rows"]]
         out += ["```", ""]
     out += notes_section(results)
@@ -322,16 +440,17 @@ def render(results: dict[str, Any]) -> str:
 def notes_section(results: dict[str, Any]) -> list[str]:
     """Failures in full, and what each HTTP server actually answered."""
     out = ["## Details", ""]
-    failed = [(s, r) for s in results["suites"] for r in s["rows"] if r.get("error")]
-    for suite, row in failed:
-        out += [
-            f"**{suite['key']} / {row['name']} failed:**",
-            "",
-            "```",
-            row["error"][-2000:],
-            "```",
-            "",
-        ]
+    for suite in results["suites"]:
+        for row in suite["rows"]:
+            for text in dict.fromkeys(row.get("failures") or []):
+                out += [
+                    f"**{suite['key']} / {row['name']} failed:**",
+                    "",
+                    "```",
+                    text[-2000:],
+                    "```",
+                    "",
+                ]
     seen: dict[str, dict[str, Any]] = {}
     for suite in results["suites"]:
         for row in suite["rows"] if suite["kind"] == "http" else []:

@@ -291,8 +291,8 @@ def measure_http(
                 threads=threads,
                 host=host,
             )
-        cores = harness._bench_cores(server_cpu, client_cpu)
-        busy_before = harness.cores_busy_seconds(cores)
+        window = harness.BusyWindow(harness._bench_cores(server_cpu, client_cpu))
+        window.start()
         before = harness.cpu_seconds(server.pid)
         result = run_wrk(
             server.port,
@@ -303,7 +303,7 @@ def measure_http(
             host=host,
         )
         after = harness.cpu_seconds(server.pid)
-        busy_after = harness.cores_busy_seconds(cores)
+        window.stop()
         if not server.alive():
             raise harness.BenchError(f"server died during the load:\n{server.stderr()}")
     finally:
@@ -314,6 +314,7 @@ def measure_http(
     if requests == 0:
         raise harness.BenchError(f"no request completed against {list(server_argv)}: {result}")
     socket_errors = result["connect_errors"] + result["read_errors"] + result["write_errors"]
+    foreign, share = window.outside(cpu + result["client_cpu_s"])
     return (
         HttpMeasurement(
             requests=requests,
@@ -327,8 +328,12 @@ def measure_http(
             server_cpu_s=cpu,
             server_cpu_util=cpu / wall if wall > 0 else 0.0,
             client_cpu_util=result["client_cpu_s"] / wall if wall > 0 else 0.0,
-            foreign_cpu_s=max(0.0, busy_after - busy_before - cpu - result["client_cpu_s"]),
+            foreign_cpu_s=foreign,
+            outside_share=share,
+            core_busy=window.core_shares(),
+            window_s=window.window_s,
             cpu_us_per_request=cpu * 1e6 / requests,
+            client_cpu_us_per_request=result["client_cpu_s"] * 1e6 / requests,
             p75_us=result["p75_us"],
             p90_us=result["p90_us"],
             non_2xx=result["non_2xx"],
