@@ -585,6 +585,16 @@ class WebSocketConsumer(ProtocolConsumer):
             if connection is not None:
                 connection.logger.error("error in %r.on_close", self, exc_info=exc)
 
+    def eof_received(self) -> None:
+        # The peer sends nothing more: without its close frame the WebSocket has failed
+        # (1006); after it, the close handshake is over. Either way the connection closes.
+        if self._closed_with is None:
+            self._finish(ABNORMAL_CLOSURE, "")
+        else:
+            connection = self._connection
+            if connection is not None:
+                connection.close()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_pinging()
         timer, self._close_timer = self._close_timer, None
