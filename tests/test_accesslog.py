@@ -1,9 +1,13 @@
-"""The access log formatter: gunicorn's atoms and default, JSON lines (pure)."""
+"""The access log formatter: gunicorn's atoms and default, JSON lines (pure); the lines
+of --asgi requests in a real process."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,7 @@ from pulsar_arbiter.ops.accesslog import (
     AccessRecord,
     check_format,
 )
+from tests.runtime import HOST, Arbiter, wait_until
 
 
 def record(**changes: object) -> AccessRecord:
@@ -79,3 +84,71 @@ def test_json_lines() -> None:
     assert data["remote_addr"] == "203.0.113.9"
     assert data["status"] == 200 and data["bytes"] == 13 and data["duration_us"] == 1500
     assert data["user"] == "ann" and data["user_agent"] == "curl/8" and data["pid"] == 77
+
+
+# ---------------------------------------------------------------- --asgi, a real process
+ASGI_MODULE = """
+async def app(scope, receive, send):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    path = scope["path"]
+    if path == "/boom":
+        raise RuntimeError("boom")
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        for part in (b"abc", b"de"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body"})
+        return
+    answer = body or b"hello"
+    headers = [(b"content-length", str(len(answer)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+"""
+
+
+def test_asgi_requests_are_logged_with_status_bytes_and_duration(tmp_path: Path) -> None:
+    """--access-log lines for --asgi requests: status, bytes (counted for a streamed body)
+    and duration, as for the raw and WSGI paths; a 500 for an app that raised."""
+    (tmp_path / "asgiapp.py").write_text(ASGI_MODULE)
+    home = tmp_path / "home"
+    home.mkdir()
+    access = tmp_path / "access.log"
+    args = ("--asgi", "--lifespan", "off", "--log-format", "json", "--access-log", str(access))
+    server = Arbiter(home, "asgiapp:app", *args, workers=1, cwd=tmp_path).start()
+    try:
+        server.wait_serving()
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=5)
+        try:
+            for method, path, body in (
+                ("GET", "/hello?x=1", None),
+                ("POST", "/echo", b"abc"),
+                ("GET", "/stream", None),
+                ("GET", "/boom", None),
+            ):
+                conn.request(method, path, body=body)
+                conn.getresponse().read()
+        finally:
+            conn.close()
+        wait_until(
+            lambda: access.exists() and len(access.read_text().splitlines()) == 4,
+            5.0,
+            "four access lines",
+        )
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(15.0) == 0
+    finally:
+        server.close()
+    lines = [json.loads(line) for line in access.read_text().splitlines()]
+    seen = [(r["method"], r["path"], r["query"], r["status"], r["bytes"]) for r in lines]
+    assert seen[:3] == [
+        ("GET", "/hello", "x=1", 200, 5),
+        ("POST", "/echo", "", 200, 3),
+        ("GET", "/stream", "", 201, 5),
+    ]
+    assert seen[3][:4] == ("GET", "/boom", "", 500) and seen[3][4] > 0
+    assert all(r["duration_us"] > 0 and r["remote_addr"] == "127.0.0.1" for r in lines)

@@ -313,6 +313,9 @@ class AsgiConsumer(HttpConsumer):
     _send_trailers = False
     _trailer_block = b""
     _body_done = False
+    # Body bytes of a response framed without a length (chunked, or up to the close),
+    # counted for the access log: ``answer_length`` once the response is complete.
+    _counted: int | None = None
     _complete = False
     _lost = False
     _peer_eof = False
@@ -487,7 +490,11 @@ class AsgiConsumer(HttpConsumer):
                     self.end_request()
                     return
                 self._head = head
+                if length is None:
+                    self._counted = 0
             if body:
+                if self._counted is not None:
+                    self._counted += len(body)
                 waiter = self.send_body(body)
                 if waiter:
                     await waiter
@@ -526,6 +533,8 @@ class AsgiConsumer(HttpConsumer):
 
     def _finish_response(self) -> None:
         self._complete = True
+        if self._counted is not None and not self._no_body:
+            self.answer_length = self._counted
         deadlines = self._deadlines
         if deadlines is not None:
             # What the app does after its response (background tasks) is not bounded.
