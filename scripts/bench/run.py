@@ -707,7 +707,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--runs", type=int, help="interleaved rounds, one run of every row each (default 5)"
     )
-    parser.add_argument("--duration", type=int, help="seconds per run (default 4, --quick 2)")
+    parser.add_argument("--duration", type=int, help="seconds per run (default 5, --quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each run")
     parser.add_argument(
         "--max-outside",
@@ -723,7 +723,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--budget",
         type=float,
         help="seconds of the whole run after which noisy runs are no longer redone "
-        "(default 1380, --quick 0)",
+        "(default 1440, --quick 0)",
     )
     parser.add_argument(
         "--out",
@@ -736,8 +736,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 5)
-    args.duration = args.duration or (2 if args.quick else 4)
-    args.budget = args.budget if args.budget is not None else (0.0 if args.quick else 1380.0)
+    args.duration = args.duration or (2 if args.quick else 5)
+    args.budget = args.budget if args.budget is not None else (0.0 if args.quick else 1440.0)
     if args.runs < 1 or args.duration < 1 or args.warmup < 0 or args.max_redo < 0:
         parser.error("--runs and --duration must be at least 1, --warmup and --max-redo >= 0")
     if not 0.0 < args.max_outside <= 1.0:
