@@ -735,8 +735,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", help="regex on 'table:row' to measure a subset (e.g. 'http1:' or 'nginx')"
     )
     args = parser.parse_args(argv)
-    args.runs = args.runs or (1 if args.quick else 5)
-    args.duration = args.duration or (2 if args.quick else 5)
+    if args.runs is None:
+        args.runs = 1 if args.quick else 5
+    if args.duration is None:
+        args.duration = 2 if args.quick else 5
     args.budget = args.budget if args.budget is not None else (0.0 if args.quick else 1440.0)
     if args.runs < 1 or args.duration < 1 or args.warmup < 0 or args.max_redo < 0:
         parser.error("--runs and --duration must be at least 1, --warmup and --max-redo >= 0")
