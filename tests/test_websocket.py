@@ -32,6 +32,7 @@ from pulsar_arbiter.http.websocket import (
     handshake_error,
     websocket_upgrade,
 )
+from pulsar_arbiter.runtime.access import proxy_headers_asgi
 from pulsar_arbiter.servers import TcpServer
 from tests.conftest import Runner
 from tests.consumers import wait_for
@@ -73,9 +74,21 @@ class Echo(WebSocketConsumer):
         Echo.closes.append((code, reason))
 
 
+class SlowEcho(WebSocketConsumer):
+    """Echoes from a coroutine: the next message waits until it is done."""
+
+    async def on_text(self, text: str) -> None:
+        await asyncio.sleep(0.001)
+        waiter = self.send(text)
+        if waiter:
+            await waiter
+
+
 def raw_app(request: HttpRequest) -> Response:
     if request.path == "/ws":
         return websocket_upgrade(request, Echo)
+    if request.path == "/slow":
+        return websocket_upgrade(request, SlowEcho)
     return Response(b"plain", content_type="text/plain")
 
 
@@ -337,6 +350,32 @@ def test_oversized_message_closes_with_1009(run: Runner, fragments: int) -> None
     run(main())
 
 
+def test_compressed_bomb_closes_with_1009(run: Runner) -> None:
+    async def main() -> None:
+        settings = WebSocketSettings(max_size=64 * 1024)
+        async with raw_server(settings) as server, connect(url(server)) as ws:
+            assert "permessage-deflate" in headers(ws)["sec-websocket-extensions"]
+            with pytest.raises(ConnectionClosed) as caught:
+                await ws.send(b"\0" * (4 * 1024 * 1024))  # ~4 KiB on the wire
+                await ws.recv()
+            assert close_code(caught.value) == 1009
+
+    run(main())
+
+
+def test_async_handlers_keep_messages_in_order(run: Runner) -> None:
+    async def main() -> None:
+        async with raw_server() as server:
+            reader, writer, _ = await open_raw(server, handshake("/slow"))
+            for n in range(60):  # more than the consumer holds before it stops reading
+                writer.write(client_frame(0x1, b"n%d" % n))
+            for n in range(60):
+                assert await asyncio.wait_for(read_frame(reader), 5) == (0x1, b"n%d" % n)
+            writer.close()
+
+    run(main())
+
+
 def test_peer_close_is_echoed_with_its_code(run: Runner) -> None:
     async def main() -> None:
         Echo.closes.clear()
@@ -410,6 +449,22 @@ def test_asgi_echo_subprotocol_headers_and_scope(run: Runner) -> None:
         assert scope["scheme"] == "ws" and scope["path"] == "/ws"
         assert scope["query_string"] == b"q=1" and scope["subprotocols"] == ["one", "two"]
         assert "websocket.http.response" in scope["extensions"] and "method" not in scope
+
+    run(main())
+
+
+def test_proxy_headers_name_the_client_and_wss(run: Runner) -> None:
+    async def main() -> None:
+        app = AsgiEcho()
+        forwarded = {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"}
+        proxied = proxy_headers_asgi(app, "127.0.0.1")
+        async with (
+            asgi_server(proxied) as server,
+            connect(url(server), additional_headers=forwarded) as ws,
+        ):
+            await ws.send("via proxy")
+            assert await ws.recv() == "via proxy"
+        assert app.scopes[0]["scheme"] == "wss" and app.scopes[0]["client"][0] == "10.1.2.3"
 
     run(main())
 

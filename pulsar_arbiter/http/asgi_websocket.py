@@ -39,14 +39,15 @@ from .websocket import (
     ClientDisconnected,
     WebSocketConsumer,
     accept_fields,
-    accept_head,
     handshake_error,
+    head_block,
     is_websocket_request,
     rejection,
     requested_subprotocols,
     settings_of,
     switch_to,
 )
+from .wire import status_line
 
 if TYPE_CHECKING:
     from .asgi import AsgiConsumer
@@ -56,6 +57,7 @@ __all__ = ["AsgiWebSocket", "AsgiWebSocketConsumer", "serve_websocket"]
 LOGGER = logging.getLogger("pulsar_arbiter.asgi")
 
 WEBSOCKET_VERSION = {"version": "3.0", "spec_version": "2.4"}
+SWITCHING = status_line(101)
 Message = MutableMapping[str, Any]
 
 # Where the exchange is, from the app's side.
@@ -251,7 +253,7 @@ class AsgiWebSocket:
         )
         self.state = ACCEPTED
         self._stop_timer()
-        http._write_raw(accept_head(fields))
+        http._write_raw(http.frame(101, SWITCHING, head_block(fields), None, b"Upgrade"))
         http._head_sent = True
         open_now = switch_to(connection, self._build, shake)
         http.finished()

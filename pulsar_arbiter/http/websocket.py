@@ -37,6 +37,7 @@ import asyncio
 import base64
 import binascii
 import os
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -53,13 +54,13 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
 
 from ..protocols import NO_WRITE, ProtocolConsumer
 from .request import Response
 from .state import UPGRADED
-from .wire import date_header
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
@@ -73,8 +74,8 @@ __all__ = [
     "WebSocketConsumer",
     "WebSocketSettings",
     "accept_fields",
-    "accept_head",
     "handshake_error",
+    "head_block",
     "is_websocket_request",
     "websocket_upgrade",
 ]
@@ -226,7 +227,7 @@ def accept_fields(
     extensions: list[Extension] = []
     offers = request.header("sec-websocket-extensions")
     if offers and settings.per_message_deflate:
-        deflate = PerMessageDeflate()
+        deflate = BoundedDeflate(settings.max_size)
         accepted = server_extensions_handshake(
             split_comma_header(offers.encode("latin-1")), [deflate]
         )
@@ -248,13 +249,40 @@ def accept_fields(
     return fields, Handshake(request, settings, extensions, subprotocol)
 
 
-def accept_head(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """The whole ``101`` head with ``fields`` (from :func:`accept_fields`)."""
-    lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in fields)
-    lines.append(date_header())
-    lines.append(b"\r\n")
-    return b"".join(lines)
+def head_block(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The header block of a ``101`` answer with ``fields`` (from :func:`accept_fields`),
+    but ``Connection``: the HTTP consumer frames that one (``HttpConsumer.frame``)."""
+    return b"".join(
+        name + b": " + value + b"\r\n" for name, value in fields if name != b"connection"
+    )
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """Per-message deflate that inflates at most ``limit`` bytes from each read.
+
+    A few kilobytes of compressed zeros inflate to gigabytes (a deflate bomb): bounded
+    here, a message past the limit fails with 1009 before it is in memory, as an
+    uncompressed one does.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        decompressor = self._decompressor
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert decompressor is not None
+        try:
+            inflated = decompressor.decompress(bytes(data), self.limit + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if decompressor.unconsumed_tail or len(inflated) > self.limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
 
 
 def settings_of(connection: HttpConnection) -> WebSocketSettings:
@@ -417,7 +445,8 @@ class WebSocketConsumer(ProtocolConsumer):
         self._ws = WsConnection(ConnectionType.SERVER, extensions)
         self._parts: list[str | bytes] = []
         self._size = 0
-        self._pending: deque[str | bytes] = deque()
+        # Messages waiting for a handler still running, with their sizes in bytes.
+        self._pending: deque[tuple[str | bytes, int]] = deque()
         self._pending_bytes = 0
         self._schedule_ping()
         try:
@@ -481,7 +510,7 @@ class WebSocketConsumer(ProtocolConsumer):
 
     def _deliver(self, message: str | bytes, size: int) -> None:
         if self._handling is not None or self._pending:
-            self._pending.append(message)
+            self._pending.append((message, size))
             self._pending_bytes += size
             if not self._held and (
                 len(self._pending) > MAX_PENDING_MESSAGES or self._pending_bytes > MAX_PENDING_BYTES
@@ -510,13 +539,16 @@ class WebSocketConsumer(ProtocolConsumer):
             return
         pending = self._pending
         while pending and self._handling is None and self._closed_with is None:
-            message = pending.popleft()
-            size = len(message)
+            message, size = pending.popleft()
             self._pending_bytes -= size
             self._handle(message)
         if not pending:
             self._pending_bytes = 0
-        if self._held and len(pending) <= MAX_PENDING_MESSAGES // 2:
+        if (
+            self._held
+            and len(pending) <= MAX_PENDING_MESSAGES // 2
+            and self._pending_bytes <= MAX_PENDING_BYTES // 2
+        ):
             self._hold(False)
 
     def _hold(self, hold: bool) -> None:

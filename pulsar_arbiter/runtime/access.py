@@ -134,13 +134,17 @@ def proxy_headers_asgi(app: Callable[..., Any], allow: str) -> Callable[..., Any
     resolver = ForwardedResolver(allow)
 
     async def proxied(scope: Any, receive: Any, send: Any) -> Any:
-        if scope["type"] == "http":
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
             found = resolver.resolve(scope.get("client") or ("", 0), scope["headers"])
             if found is not None:
                 if found.client is not None:
                     scope["client"] = (found.client[0], found.client[1] or 0)
                 if found.scheme is not None:
-                    scope["scheme"] = found.scheme
+                    scheme = found.scheme
+                    if kind == "websocket":  # ws over http, wss over https
+                        scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
+                    scope["scheme"] = scheme
         return await app(scope, receive, send)
 
     return proxied
