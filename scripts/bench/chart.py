@@ -122,9 +122,13 @@ def figure(results: dict[str, Any], layout: list[list[str]], path: Path, heading
         )
         grouped_panel(axes[line][1], suites, "rps", f"{name}: {unit}s/s")
     widest: list[dict[str, Any]] = max(panels, key=len)
-    legend = [
-        Patch(color=COLORS[i % len(COLORS)], label=suite["short"]) for i, suite in enumerate(widest)
-    ]
+    if len(widest) > 1:  # several set-ups share a panel: say which colour is which
+        legend = [
+            Patch(color=COLORS[i % len(COLORS)], label=suite["short"])
+            for i, suite in enumerate(widest)
+        ]
+    else:
+        legend = [Patch(color=COLORS[0], label="default environment (compiled core when built)")]
     legend.append(
         Patch(
             facecolor=COLORS[0],
