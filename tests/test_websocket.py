@@ -32,6 +32,14 @@ from pulsar_arbiter.http.websocket import (
     handshake_error,
     websocket_upgrade,
 )
+from pulsar_arbiter.http.wsframes import (
+    FrameReader,
+    ProtocolError,
+    close_payload,
+    encode_frame,
+    parse_close,
+    unmask,
+)
 from pulsar_arbiter.runtime.access import proxy_headers_asgi
 from pulsar_arbiter.servers import TcpServer
 from tests.conftest import Runner
@@ -261,6 +269,65 @@ def test_handshake_checks_are_pure() -> None:
     assert handshake_error(Request()) == (400, "a WebSocket handshake is a GET, not POST")  # type: ignore[arg-type]
 
 
+# ---------------------------------------------------------------------------- frames
+def test_frame_reader_takes_bytes_in_any_slices() -> None:
+    frames = (
+        client_frame(0x1, b"short")
+        + client_frame(0x2, b"m" * 300)
+        + client_frame(0x2, b"L" * 70000)
+        + client_frame(0x9, b"")
+    )
+    for step in (1, 7, 4096, len(frames)):
+        reader = FrameReader(1 << 20)
+        got = [f for i in range(0, len(frames), step) for f in reader.feed(frames[i : i + step])]
+        assert [(f.opcode, f.fin, f.payload) for f in got] == [
+            (0x1, True, b"short"),
+            (0x2, True, b"m" * 300),
+            (0x2, True, b"L" * 70000),
+            (0x9, True, b""),
+        ]
+        assert reader.buffered == 0
+
+
+def test_unmask_is_the_xor_of_the_repeated_key() -> None:
+    mask = b"\x01\x02\x03\x04"
+    data = bytes(range(11))
+    assert unmask(data, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    assert unmask(unmask(data, mask), mask) == data
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "reason"),
+    [
+        (bytes([0x81, 0x02]) + b"hi", 1002, "not masked"),
+        (bytes([0x81, 0xFE, 0x00, 0x05]) + b"\0" * 9, 1002, "shortest form"),
+        (bytes([0x09, 0x80]) + b"\0" * 4, 1002, "fragmented control"),
+        (bytes([0x89, 0xFE, 0x00, 0x7E]) + b"\0" * 130, 1002, "longer than 125"),
+        (bytes([0x83, 0x80]) + b"\0" * 4, 1002, "unknown opcode"),
+        (bytes([0xC1, 0x80]) + b"\0" * 4, 1002, "reserved bits"),
+        (bytes([0x82, 0xFE, 0x01, 0x00]), 1009, "larger than 200"),
+    ],
+)
+def test_frame_reader_rejects_what_a_frame_may_not_be(frame: bytes, code: int, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        FrameReader(200).feed(frame)
+    assert caught.value.code == code and reason in caught.value.reason
+
+
+def test_close_payloads() -> None:
+    assert parse_close(b"") == (1005, "")
+    assert parse_close(close_payload(4000, "fine")) == (4000, "fine")
+    for bad, code in ((b"\x03", 1002), (b"\x03\xed", 1002), (b"\x03\xe8\xff", 1007)):
+        with pytest.raises(ProtocolError) as caught:
+            parse_close(bad)
+        assert caught.value.code == code
+    long = close_payload(1000, "é" * 100)  # cut to 125 bytes, on a character boundary
+    assert len(long) <= 125 and parse_close(long)[1] == "é" * 61
+    assert encode_frame(0x2, b"x" * 125)[:2] == b"\x82\x7d"
+    assert encode_frame(0x2, b"x" * 126)[:4] == b"\x82\x7e\x00\x7e"
+    assert encode_frame(0x2, b"x" * 65536)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
+
+
 # ------------------------------------------------------------------------- raw consumer
 def test_raw_echo_text_bytes_and_fragments(run: Runner) -> None:
     async def main() -> None:
@@ -412,6 +479,60 @@ def test_protocol_error_closes_with_1002(run: Runner) -> None:
             assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == 1002
             assert await asyncio.wait_for(reader.read(), 10) == b""
             writer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([client_frame(0x1, b"\xff\xfe")], 1007),  # text that is not UTF-8
+        ([client_frame(0x0, b"orphan")], 1002),  # a continuation outside a message
+        ([client_frame(0x1, b"a", fin=False), client_frame(0x1, b"b")], 1002),
+        ([client_frame(0x8, b"\x03\xed")], 1002),  # close code 1005 on the wire
+    ],
+)
+def test_peer_protocol_errors_close_with_their_code(
+    run: Runner, frames: list[bytes], code: int
+) -> None:
+    async def main() -> None:
+        async with raw_server() as server:
+            reader, writer, _ = await open_raw(server, handshake())
+            writer.write(b"".join(frames))
+            opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+            assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == code
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+
+    run(main())
+
+
+def test_control_frames_between_fragments_and_split_characters(run: Runner) -> None:
+    async def main() -> None:
+        text = "héllo wörld €".encode()
+        async with raw_server() as server:
+            reader, writer, _ = await open_raw(server, handshake())
+            writer.write(
+                client_frame(0x1, text[:2], fin=False)  # "é" cut in two
+                + client_frame(0x9, b"ping!")
+                + client_frame(0x0, text[2:-1], fin=False)
+                + client_frame(0x0, text[-1:])
+            )
+            assert await asyncio.wait_for(read_frame(reader), 5) == (0xA, b"ping!")
+            assert await asyncio.wait_for(read_frame(reader), 5) == (0x1, text)
+            writer.close()
+
+    run(main())
+
+
+def test_compressed_fragments_round_trip(run: Runner) -> None:
+    async def main() -> None:
+        async with raw_server() as server, connect(url(server)) as ws:
+            parts = ["compress me " * 500, "and me " * 300]
+            await ws.send(parts)  # one message, compressed, in two frames
+            assert await ws.recv() == "".join(parts)
+            await ws.send(b"\x00" * 100000)
+            assert await ws.recv() == b"\x00" * 100000
 
     run(main())
 

@@ -3,9 +3,11 @@
 The opening handshake is an HTTP request: :func:`handshake_error` checks it (a GET with
 ``Upgrade: websocket``, ``Connection: upgrade``, ``Sec-WebSocket-Version: 13`` and a
 valid ``Sec-WebSocket-Key``) and the HTTP consumer answers ``101 Switching Protocols``
-(:func:`accept_head`), then the connection switches, with ``Connection.upgrade()``, to a
-:class:`WebSocketConsumer` that drives a server-side ``wsproto`` connection (framing,
-masking, UTF-8 checks, per-message deflate) for the rest of the connection's life.
+(:func:`accept_fields`), then the connection switches, with ``Connection.upgrade()``, to
+a :class:`WebSocketConsumer` for the rest of the connection's life: frames are read and
+written by :mod:`.wsframes`, messages assembled (and checked: UTF-8, fragments, close
+codes) here. ``wsproto`` negotiates and runs per-message deflate (RFC 7692) and makes the
+handshake's accept token.
 
 A raw HTTP handler upgrades with :func:`websocket_upgrade`::
 
@@ -20,8 +22,10 @@ What the consumer does on its own (:class:`WebSocketSettings`, the ``--ws-*`` fl
 
 * keep-alive: a ping every ``ping_interval`` seconds; a peer that has not answered one
   within ``ping_timeout`` is closed with 1011;
-* a message larger than ``max_size`` bytes, counted over its fragments as they arrive,
-  closes the connection with 1009;
+* a message larger than ``max_size`` bytes, counted over its fragments (a frame from its
+  header, before its bytes are held; a compressed one as it inflates) closes with 1009;
+* a peer that breaks the protocol gets a close with 1002 (or 1007 for text that is not
+  UTF-8) and the connection closes;
 * the close handshake: a peer's close is echoed, then the connection closes; ours waits
   ``CLOSE_TIMEOUT`` seconds for the peer's answer, then the connection is aborted;
 * drains: when its server drains (a recycle, a HUP, a TERM) the connection's ``draining``
@@ -43,24 +47,29 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wsproto.connection import Connection as WsConnection
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    Pong,
-    TextMessage,
-)
 from wsproto.extensions import Extension, PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.handshake import server_extensions_handshake
-from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
+from wsproto.utilities import generate_accept_token, split_comma_header
 
 from ..protocols import NO_WRITE, ProtocolConsumer
 from .request import Response
 from .state import UPGRADED
+from .wsframes import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    RSV1,
+    TEXT,
+    Frame,
+    FrameReader,
+    ProtocolError,
+    close_payload,
+    encode_frame,
+    parse_close,
+)
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
@@ -359,16 +368,21 @@ class WebSocketConsumer(ProtocolConsumer):
 
     #: Set by the handshake before the consumer is attached to its connection.
     handshake: Handshake | None = None
+    #: What wsproto's extensions ask of the frame layer they are called from.
+    client = False
 
-    _ws: WsConnection | None = None
+    _reader: FrameReader | None = None
+    _extension: Extension | None = None
     _closed_with: tuple[int, str] | None = None
     _close_sent: int | None = None
+    _close_reason = ""
     _close_timer: asyncio.TimerHandle | None = None
     _ping_timer: asyncio.TimerHandle | None = None
     _pong_timer: asyncio.TimerHandle | None = None
     _ping_payload: bytes | None = None
     _handling: asyncio.Future[Any] | None = None
     _held = False
+    _message_opcode: int | None = None
 
     # -- hooks for subclasses
     def on_open(self) -> None:
@@ -394,9 +408,8 @@ class WebSocketConsumer(ProtocolConsumer):
 
     @property
     def open(self) -> bool:
-        """True until a close frame has been sent or received."""
-        ws = self._ws
-        return ws is not None and ws.state is ConnectionState.OPEN and not self._closing()
+        """True from the switch until a close frame has been sent or received."""
+        return self._reader is not None and self._close_sent is None and self._closed_with is None
 
     @property
     def close_code(self) -> int | None:
@@ -409,13 +422,23 @@ class WebSocketConsumer(ProtocolConsumer):
 
         Raises :class:`ClientDisconnected` once the WebSocket is closing or closed.
         """
-        if isinstance(data, (bytearray, memoryview)):
+        if not self.open:
+            raise ClientDisconnected("the WebSocket is closed")
+        if type(data) is str:
+            return self._write(self._encode(TEXT, data.encode("utf-8")))
+        if type(data) is not bytes:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(f"a WebSocket message is str or bytes, not {type(data).__name__}")
             data = bytes(data)
-        return self._send_event(Message(data=data))
+        return self._write(self._encode(BINARY, data))
 
     def ping(self, payload: bytes = b"") -> tuple[()] | asyncio.Future[None]:
-        """Send a ping (the peer answers with a pong carrying ``payload``)."""
-        return self._send_event(Ping(payload=payload))
+        """Send a ping (the peer answers with a pong carrying ``payload``, <= 125 bytes)."""
+        if not self.open:
+            raise ClientDisconnected("the WebSocket is closed")
+        if len(payload) > 125:
+            raise ValueError("a ping payload is at most 125 bytes")
+        return self._write(encode_frame(PING, bytes(payload)))
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer accepts more."""
@@ -426,12 +449,12 @@ class WebSocketConsumer(ProtocolConsumer):
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Begin the close handshake; the connection closes when the peer answers, or is
         aborted after ``CLOSE_TIMEOUT`` seconds."""
-        ws = self._ws
-        if ws is None or self._close_sent is not None or ws.state is not ConnectionState.OPEN:
+        if self._reader is None or self._close_sent is not None or self._closed_with is not None:
             return
         self._close_sent = code
+        self._close_reason = reason
         self._stop_pinging()
-        self._write(ws.send(CloseConnection(code=code, reason=reason or None)))
+        self._write(encode_frame(CLOSE, close_payload(code, reason)))
         self._arm_close_timer()
 
     # -- lifecycle
@@ -441,9 +464,10 @@ class WebSocketConsumer(ProtocolConsumer):
 
     def _open(self) -> None:
         shake = self.handshake
-        extensions = list(shake.extensions) if shake is not None else []
-        self._ws = WsConnection(ConnectionType.SERVER, extensions)
-        self._parts: list[str | bytes] = []
+        extension = shake.extensions[0] if shake is not None and shake.extensions else None
+        self._extension = extension
+        self._reader = FrameReader(self.settings.max_size, RSV1 if extension else 0)
+        self._parts: list[bytes] = []
         self._size = 0
         # Messages waiting for a handler still running, with their sizes in bytes.
         self._pending: deque[tuple[str | bytes, int]] = deque()
@@ -462,52 +486,107 @@ class WebSocketConsumer(ProtocolConsumer):
     def _on_draining(self, *args: Any, **kw: Any) -> None:
         self.close(SERVICE_RESTART, "server restarting")
 
+    # -- frames in
     def data_received(self, data: bytes) -> bytes | None:
-        ws = self._ws
-        if ws is None:
-            return None
-        if ws.state is ConnectionState.CLOSED or self._closed_with is not None:
+        reader = self._reader
+        if reader is None or self._closed_with is not None:
             return None  # after the close handshake: nothing more is read
-        ws.receive_data(data)
-        for event in ws.events():
-            if type(event) is TextMessage or type(event) is BytesMessage:
-                if not self._message_part(event.data, event.message_finished):  # type: ignore[arg-type]
+        try:
+            for frame in reader.feed(data):
+                opcode = frame[0]
+                if opcode == TEXT and frame[1] and self._extension is None:
+                    # The usual message: whole in one frame, not compressed.
+                    if self._message_opcode is not None:
+                        raise ProtocolError(PROTOCOL_ERROR, "a new message inside another")
+                    if self._close_sent is None:
+                        try:
+                            text = frame[3].decode("utf-8")
+                        except UnicodeDecodeError:
+                            raise ProtocolError(1007, "text message is not UTF-8") from None
+                        self._deliver(text, len(frame[3]))
+                elif opcode < CLOSE:
+                    self._data_frame(frame)
+                elif opcode == PING:
+                    if self._close_sent is None:
+                        self._write(encode_frame(PONG, frame[3]))
+                elif opcode == PONG:
+                    self._pong_received(frame[3])
+                else:
+                    self._close_frame(frame[3])
                     break
-            elif type(event) is Ping:
-                if ws.state is ConnectionState.OPEN and self._close_sent is None:
-                    self._write(ws.send(event.response()))
-            elif type(event) is Pong:
-                self._pong_received(event.payload)
-            elif type(event) is CloseConnection:
-                self._close_received(ws, event)
-                break
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.reason)
         return None
 
-    def _message_part(self, data: str | bytes, finished: bool) -> bool:
-        """Add a part of a message; False when the message broke ``max_size``."""
-        if self._close_sent is not None:
-            return True  # closing: what arrives until the peer's close is not handled
-        size = self._size + (len(data) if type(data) is bytes else len(data.encode()))  # type: ignore[union-attr]
+    def _data_frame(self, frame: Frame) -> None:
+        opcode, fin, rsv, payload = frame
+        if self._extension is not None:
+            payload = self._inflate(self._extension, opcode, fin, rsv, payload)
+        if opcode == CONTINUATION:
+            opcode = self._message_opcode  # type: ignore[assignment]
+            if opcode is None:
+                raise ProtocolError(PROTOCOL_ERROR, "a continuation frame outside a message")
+        elif self._message_opcode is not None:
+            raise ProtocolError(PROTOCOL_ERROR, "a new message inside another")
         max_size = self.settings.max_size
+        size = self._size + len(payload)
         if size > max_size:
+            raise ProtocolError(MESSAGE_TOO_BIG, f"message larger than {max_size} bytes")
+        if not fin:
+            self._message_opcode = opcode
+            self._parts.append(payload)
+            self._size = size
+            return
+        if self._parts:
+            self._parts.append(payload)
+            payload = b"".join(self._parts)
             self._parts = []
-            self._size = 0
-            self.close(MESSAGE_TOO_BIG, f"message larger than {max_size} bytes")
-            return False
-        if finished and not self._parts:
-            message = data
-        else:
-            self._parts.append(data)
-            if not finished:
-                self._size = size
-                return True
-            first = self._parts[0]
-            message = "".join(self._parts) if type(first) is str else b"".join(self._parts)  # type: ignore[arg-type]
-            self._parts = []
+        self._message_opcode = None
         self._size = 0
-        self._deliver(message, size)
-        return True
+        if self._close_sent is not None:
+            return  # closing: what arrives until the peer's close is not handled
+        if opcode == TEXT:
+            try:
+                self._deliver(payload.decode("utf-8"), size)
+            except UnicodeDecodeError:
+                raise ProtocolError(1007, "text message is not UTF-8") from None
+        else:
+            self._deliver(payload, size)
 
+    def _inflate(
+        self, extension: Extension, opcode: int, fin: bool, rsv: int, payload: bytes
+    ) -> bytes:
+        """The payload through the negotiated extension (per-message deflate)."""
+        proto: Any = self
+        bits = RsvBits(bool(rsv & 0x40), bool(rsv & 0x20), bool(rsv & 0x10))
+        checked = extension.frame_inbound_header(proto, Opcode(opcode), bits, len(payload))
+        if isinstance(checked, CloseReason):
+            raise ProtocolError(int(checked), "invalid compressed frame")
+        data = extension.frame_inbound_payload_data(proto, payload)
+        if isinstance(data, CloseReason):
+            raise ProtocolError(int(data), "invalid compressed frame")
+        tail = extension.frame_inbound_complete(proto, fin)
+        if isinstance(tail, CloseReason):
+            raise ProtocolError(int(tail), "invalid compressed frame")
+        return bytes(data) + tail if tail else bytes(data)
+
+    def _close_frame(self, payload: bytes) -> None:
+        code, reason = parse_close(payload)
+        if self._close_sent is None:
+            # The peer began the close: echo its code, then close the connection.
+            self._close_sent = code
+            self._write(encode_frame(CLOSE, close_payload(code, reason)))
+            self._finish(code, reason)
+        else:
+            # The peer's answer to our close: ours is the code it closed with.
+            self._finish(self._close_sent, self._close_reason)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The peer broke the protocol: close with ``code``, without waiting for its close."""
+        self.close(code, reason)
+        self._finish(code, reason, abort_later=True)
+
+    # -- delivering messages
     def _deliver(self, message: str | bytes, size: int) -> None:
         if self._handling is not None or self._pending:
             self._pending.append((message, size))
@@ -572,25 +651,11 @@ class WebSocketConsumer(ProtocolConsumer):
 
     def _app_failed(self, exc: BaseException) -> None:
         connection = self._connection
-        logger = connection.logger if connection is not None else None
-        if logger is not None:
-            logger.error("error in WebSocket consumer %r", self, exc_info=exc)
+        if connection is not None:
+            connection.logger.error("error in WebSocket consumer %r", self, exc_info=exc)
         self.close(INTERNAL_ERROR, "internal error")
 
-    def _close_received(self, ws: WsConnection, event: CloseConnection) -> None:
-        if ws.state is ConnectionState.REMOTE_CLOSING:
-            # The peer began the close: echo it, then close the connection.
-            self._write(ws.send(event.response()))
-            self._finish(event.code, event.reason or "")
-        elif ws.state is ConnectionState.CLOSED:
-            # The peer's answer to our close.
-            code = self._close_sent if self._close_sent is not None else event.code
-            self._finish(code, event.reason or "")
-        else:
-            # The peer broke the protocol (wsproto reports it as a close to send).
-            self.close(event.code, event.reason or "")
-            self._finish(event.code, event.reason or "", abort_later=True)
-
+    # -- the end
     def _finish(self, code: int, reason: str, abort_later: bool = False) -> None:
         """The WebSocket is closed: tell the subclass, close the connection."""
         self._stop_pinging()
@@ -601,12 +666,11 @@ class WebSocketConsumer(ProtocolConsumer):
         connection = self._connection
         if connection is not None:
             connection.close()
-            if abort_later:
-                self._arm_close_timer()
-            elif self._close_timer is not None:
-                self._close_timer.cancel()
-                self._close_timer = None
-                self._arm_close_timer()  # a peer that does not read our close's echo
+            timer, self._close_timer = self._close_timer, None
+            if timer is not None:
+                timer.cancel()
+            # Bounds a peer that never reads what we wrote last (our close, its echo).
+            self._arm_close_timer()
         self._closed(code, reason)
 
     def _closed(self, code: int, reason: str) -> None:
@@ -637,7 +701,7 @@ class WebSocketConsumer(ProtocolConsumer):
             handling.cancel()
         if self._closed_with is None:
             self._closed_with = (ABNORMAL_CLOSURE, "")
-            if self._ws is not None:
+            if self._reader is not None:
                 self._closed(ABNORMAL_CLOSURE, "")
         if not self._finished:
             # A WebSocket ends with its connection, closed cleanly or not: not an error.
@@ -667,8 +731,8 @@ class WebSocketConsumer(ProtocolConsumer):
         if self._ping_payload is None:
             payload = self._ping_payload = os.urandom(4)
             try:
-                self._write(self._ws.send(Ping(payload=payload)))  # type: ignore[union-attr]
-            except (ConnectionError, LocalProtocolError):
+                self._write(encode_frame(PING, payload))
+            except ConnectionError:
                 return
             timeout = self.settings.ping_timeout
             if timeout and self._loop is not None:
@@ -685,10 +749,7 @@ class WebSocketConsumer(ProtocolConsumer):
     def _pong_timed_out(self) -> None:
         self._pong_timer = None
         # The peer is gone or stuck: fail the connection (our close may never be read).
-        self.close(INTERNAL_ERROR, "keepalive ping timeout")
-        connection = self._connection
-        if connection is not None:
-            connection.close()
+        self._fail(INTERNAL_ERROR, "keepalive ping timeout")
 
     def _stop_pinging(self) -> None:
         for name in ("_ping_timer", "_pong_timer"):
@@ -697,15 +758,16 @@ class WebSocketConsumer(ProtocolConsumer):
                 timer.cancel()
                 setattr(self, name, None)
 
-    # -- writing
-    def _closing(self) -> bool:
-        return self._close_sent is not None or self._closed_with is not None
-
-    def _send_event(self, event: Any) -> tuple[()] | asyncio.Future[None]:
-        ws = self._ws
-        if ws is None or self._closing() or ws.state is not ConnectionState.OPEN:
-            raise ClientDisconnected("the WebSocket is closed")
-        return self._write(ws.send(event))
+    # -- frames out
+    def _encode(self, opcode: int, payload: bytes) -> bytes:
+        extension = self._extension
+        if extension is None:
+            return encode_frame(opcode, payload)
+        proto: Any = self
+        rsv, data = extension.frame_outbound(
+            proto, Opcode(opcode), RsvBits(False, False, False), payload, True
+        )
+        return encode_frame(opcode, data, RSV1 if rsv[0] else 0)
 
     def _write(self, data: bytes) -> tuple[()] | asyncio.Future[None]:
         connection: Any = self._connection
