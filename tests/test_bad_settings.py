@@ -54,6 +54,8 @@ def accepts(spec: Setting, value: object) -> bool:
 def kind_of(spec: Setting) -> str:
     if spec.kind == "flag":
         return "flag"
+    if accepts(spec, True) and accepts(spec, "false"):  # a flag taking true or false
+        return "boolean"
     if accepts(spec, 1) and not accepts(spec, 1.5):
         return "integer"
     if accepts(spec, 1.5):
@@ -64,11 +66,13 @@ def kind_of(spec: Setting) -> str:
 # Per kind, values bad in TOML (any type) and in flags (strings only).
 BAD_TOML: dict[str, list[Any]] = {
     "flag": ["yes", 1, 0, "true", [True]],
+    "boolean": ["yes", 1, 0, 1.5, "maybe", [True]],
     "integer": ["abc", "1.5", 1.5, True, False, -1, "-1", "99999999999999999999", "0x10", "1e3"],
     "number": ["abc", True, False, -1, "-1", "nan", "inf", "-inf", 1e300, "1e400", "9" * 5000],
     "text": [True, False, 0, 1, 1.5, "\0", [""], ["a", 1]],
 }
 BAD_FLAG: dict[str, list[str]] = {
+    "boolean": ["", "yes", "2", "maybe", "truth"],
     "integer": ["", "abc", "1.5", "-1", "99999999999999999999", "9" * 5000, "1e3", " "],
     "number": ["", "abc", "-1", "nan", "inf", "-inf", "1e300", "9" * 5000],
     "text": [""],

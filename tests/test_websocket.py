@@ -92,11 +92,18 @@ class SlowEcho(WebSocketConsumer):
             await waiter
 
 
-def raw_app(request: HttpRequest) -> Response:
+async def async_upgrade(request: HttpRequest) -> Response:
+    await asyncio.sleep(0.01)
+    return websocket_upgrade(request, Echo)
+
+
+def raw_app(request: HttpRequest) -> Any:
     if request.path == "/ws":
         return websocket_upgrade(request, Echo)
     if request.path == "/slow":
         return websocket_upgrade(request, SlowEcho)
+    if request.path == "/async":  # an async handler: switches when it has answered
+        return async_upgrade(request)
     return Response(b"plain", content_type="text/plain")
 
 
@@ -370,12 +377,13 @@ def test_server_answers_pings(run: Runner) -> None:
     run(main())
 
 
-def test_server_pings_and_closes_a_peer_that_never_pongs(run: Runner) -> None:
+@pytest.mark.parametrize("path", ["/ws", "/async"])
+def test_server_pings_and_closes_a_peer_that_never_pongs(run: Runner, path: str) -> None:
     async def main() -> None:
         Echo.closes.clear()
         settings = WebSocketSettings(ping_interval=0.1, ping_timeout=0.2)
         async with raw_server(settings) as server:
-            reader, writer, head = await open_raw(server, handshake())
+            reader, writer, head = await open_raw(server, handshake(path))
             assert head.startswith(b"HTTP/1.1 101 ")
             opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
             assert opcode == 0x9 and len(payload) == 4  # a ping, never answered

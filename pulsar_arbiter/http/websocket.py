@@ -330,8 +330,12 @@ def switch_to(
             consumer.start()
 
     # A handler that answers at once does so before the connection has seen the end of
-    # the upgrade request: it switches when that request's parsing returns.
+    # the upgrade request: it switches when that request's parsing returns. One that
+    # answers later switches when its consumer finishes.
     connection._loop_or_running().call_soon(open_now)
+    answering = connection._current_consumer
+    if answering is not None:
+        answering.bind_event("post_request", lambda *args, **kw: open_now())
     return open_now
 
 
