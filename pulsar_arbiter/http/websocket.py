@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_WEBSOCKET",
+    "BoundedDeflate",
     "ClientDisconnected",
     "Handshake",
     "WebSocketConsumer",
@@ -86,6 +87,10 @@ __all__ = [
     "handshake_error",
     "head_block",
     "is_websocket_request",
+    "rejection",
+    "requested_subprotocols",
+    "settings_of",
+    "switch_to",
     "websocket_upgrade",
 ]
 
