@@ -90,6 +90,12 @@ DEFAULT_TIMEOUT = 60.0
 SWEEPS_PER_TIMEOUT = 4
 # Entries of the status line cache: codes repeat, but an app could send many.
 CACHE_SIZE = 512
+# The path parts of origin-form targets up to PATH_CACHE_TARGET bytes are cached per
+# factory (paths repeat: routes, health checks), up to PATH_CACHE_SIZE of them.
+PATH_CACHE_SIZE = 1024
+PATH_CACHE_TARGET = 256
+# The extensions every HTTP scope offers: one dict, read by apps, for all of them.
+EXTENSIONS: dict[str, Any] = {"http.response.trailers": {}}
 
 _HOP_BY_HOP = frozenset(
     (
@@ -108,6 +114,9 @@ _SPECIAL_LENGTHS = frozenset(
     len(name) for name in (*_HOP_BY_HOP, b"connection", b"content-length", b"date")
 )
 _status_lines: dict[int, bytes] = {}
+# Encoded response header blocks by their fields: an app that sends the same headers for
+# many responses (a constant list, or equal ones) has them encoded and checked once.
+_header_blocks: dict[tuple[Any, ...], tuple[bytes, int | None, bool]] = {}
 
 
 class LifespanError(Exception):
@@ -129,6 +138,21 @@ def _status_line(status: object) -> bytes:
             _status_lines.clear()
         line = _status_lines[status] = status_line(status)
     return line
+
+
+def _response_headers(headers: Any) -> tuple[bytes, int | None, bool]:
+    """:func:`_encode_headers` of ``headers``, cached by their value."""
+    try:
+        key = tuple(headers)
+        found = _header_blocks.get(key)
+    except TypeError:  # [name, value] lists (the spec allows them): not hashable
+        return _encode_headers(headers)
+    if found is None:
+        found = _encode_headers(key)
+        if len(_header_blocks) >= CACHE_SIZE:
+            _header_blocks.clear()
+        _header_blocks[key] = found
+    return found
 
 
 def _encode_headers(headers: Any) -> tuple[bytes, int | None, bool]:
@@ -197,41 +221,51 @@ def _unquote(path: bytes) -> str:
     return unquote_to_bytes(path).decode("utf-8", "surrogateescape")
 
 
-def _base_scope(connection: HttpConnection, root_path: str) -> dict[str, Any]:
-    transport = connection.transport
-    sockname = transport.get_extra_info("sockname") if transport is not None else None
-    peername = transport.get_extra_info("peername") if transport is not None else None
-    ssl = transport.get_extra_info("sslcontext") if transport is not None else None
-    server: Any = None
-    if isinstance(sockname, tuple):
-        server = (str(sockname[0]), int(sockname[1]))
-    elif sockname:
-        server = (str(sockname), None)
-    client: Any = None
-    if isinstance(peername, tuple):
-        client = (str(peername[0]), int(peername[1]))
-    return {
-        "type": "http",
-        "asgi": ASGI_VERSION,
-        "scheme": "https" if ssl is not None else "http",
-        "root_path": root_path,
-        "server": server,
-        "client": client,
-    }
+class _ConnectionState:
+    """What the scopes of a connection's requests share (its ``adapter_state``): a
+    template scope (scheme and addresses) that each request's copies, and the done
+    future ``send()`` returns when it need not wait."""
+
+    __slots__ = ("done", "template")
+
+    def __init__(self, connection: HttpConnection, root_path: str) -> None:
+        transport = connection.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        ssl = transport.get_extra_info("sslcontext") if transport is not None else None
+        server: Any = None
+        if isinstance(sockname, tuple):
+            server = (str(sockname[0]), int(sockname[1]))
+        elif sockname:
+            server = (str(sockname), None)
+        client: Any = None
+        if isinstance(peername, tuple):
+            client = (str(peername[0]), int(peername[1]))
+        # Every key a scope has, so that a request's copy only replaces values (copying
+        # a dict is cheaper than building one).
+        self.template: dict[str, Any] = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "https" if ssl is not None else "http",
+            "path": root_path,
+            "raw_path": b"",
+            "query_string": b"",
+            "root_path": root_path,
+            "headers": (),
+            "client": client,
+            "server": server,
+            "extensions": EXTENSIONS,
+        }
+        loop = connection._loop or asyncio.get_running_loop()
+        # Awaiting a done future costs no frame: send() returns it when it has written.
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.done.set_result(None)
 
 
-def build_scope(
-    request: Any, root_path: str = "", state: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The ASGI HTTP scope of ``request`` (an :class:`HttpRequest`).
-
-    ``path`` and ``raw_path`` include ``root_path`` (as uvicorn's do, so that frameworks
-    that strip it, like Starlette, route the rest); ``state`` is copied (shallow).
-    """
-    connection: HttpConnection = request.connection
-    base: dict[str, Any] | None = connection.adapter_state
-    if base is None:
-        base = connection.adapter_state = _base_scope(connection, root_path)
+def _path_parts(request: Any, root_path: str) -> tuple[str, bytes, bytes]:
+    """``(path, raw_path, query_string)`` of ``request``'s target under ``root_path``."""
     target = request.target
     if target[:1] == b"/":
         raw_path, _, query = target.partition(b"?")
@@ -244,23 +278,39 @@ def build_scope(
     else:
         path = raw_path.decode("utf-8", "surrogateescape")
     if root_path:
-        path = root_path + path
-        raw_path = root_path.encode("utf-8") + raw_path
-    scope = {
-        "type": "http",
-        "asgi": ASGI_VERSION,
-        "http_version": request.version,
-        "method": request.method,
-        "scheme": base["scheme"],
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": [(name.lower(), value) for name, value in request.headers],
-        "client": base["client"],
-        "server": base["server"],
-        "extensions": {"http.response.trailers": {}},
-    }
+        return root_path + path, root_path.encode("utf-8") + raw_path, query
+    return path, raw_path, query
+
+
+def build_scope(
+    request: Any,
+    root_path: str = "",
+    state: dict[str, Any] | None = None,
+    paths: dict[bytes, tuple[str, bytes, bytes]] | None = None,
+) -> dict[str, Any]:
+    """The ASGI HTTP scope of ``request`` (an :class:`HttpRequest`).
+
+    ``path`` and ``raw_path`` include ``root_path`` (as uvicorn's do, so that frameworks
+    that strip it, like Starlette, route the rest); ``state`` is copied (shallow);
+    ``paths`` caches the path parts of targets (for one ``root_path``).
+    """
+    connection: HttpConnection = request.connection
+    base: _ConnectionState | None = connection.adapter_state
+    if base is None:
+        base = connection.adapter_state = _ConnectionState(connection, root_path)
+    target = request.target
+    parts = paths.get(target) if paths is not None else None
+    if parts is None:
+        parts = _path_parts(request, root_path)
+        if paths is not None and len(target) <= PATH_CACHE_TARGET and target[:1] == b"/":
+            if len(paths) >= PATH_CACHE_SIZE:
+                paths.clear()
+            paths[target] = parts
+    scope = base.template.copy()
+    scope["http_version"] = request.version
+    scope["method"] = request.method
+    scope["path"], scope["raw_path"], scope["query_string"] = parts
+    scope["headers"] = [(name.lower(), value) for name, value in request.headers]
     if state is not None:
         scope["state"] = state.copy()
     return scope
@@ -284,10 +334,9 @@ class _Deadlines:
         self.running: set[AsgiConsumer] = set()
         self._handle: asyncio.TimerHandle | None = None
 
-    def add(self, consumer: AsgiConsumer, loop: asyncio.AbstractEventLoop) -> None:
-        self.running.add(consumer)
-        if self._handle is None:
-            self._handle = loop.call_later(self.interval, self._sweep, loop)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sweep from now on, while requests are in progress (``running``)."""
+        self._handle = loop.call_later(self.interval, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tick = tick = self.tick + 1
@@ -328,6 +377,7 @@ class AsgiConsumer(HttpConsumer):
     _error: BaseException | None = None
     _wakeup: asyncio.Future[None] | None = None
     _buffer: bytes | bytearray = b""
+    _done: asyncio.Future[None]
 
     def on_head(self) -> None:
         request = self._request
@@ -338,7 +388,9 @@ class AsgiConsumer(HttpConsumer):
 
     def on_message(self) -> None:
         if self._task_ is None:
-            self._buffer = self._request.body
+            request = self._request
+            body = request._body
+            self._buffer = body if type(body) is bytes else request.body
             self._eof = True
             self._run()
 
@@ -347,8 +399,12 @@ class AsgiConsumer(HttpConsumer):
         factory: Any = connection.http
         lifespan: Lifespan = factory.lifespan
         scope = build_scope(
-            self._request, factory.root_path, lifespan.state if lifespan.supported else None
+            self._request,
+            factory.root_path,
+            lifespan.state if lifespan.supported else None,
+            factory._paths,
         )
+        self._done = connection.adapter_state.done
         if not self._request.simple:  # a Connection field: perhaps a WebSocket handshake
             from .asgi_websocket import serve_websocket
 
@@ -359,7 +415,9 @@ class AsgiConsumer(HttpConsumer):
         if deadlines is not None:
             self._deadlines = deadlines
             self._stamp = deadlines.tick
-            deadlines.add(self, loop)
+            deadlines.running.add(self)
+            if deadlines._handle is None:
+                deadlines.start(loop)
         self._task_ = loop.create_task(self._main(connection.app, scope))
 
     async def _main(self, app: AsgiApp, scope: Scope) -> None:
@@ -375,7 +433,8 @@ class AsgiConsumer(HttpConsumer):
             self._ended(exc)
             raise
         else:
-            self._ended(None)
+            if not self._finished:
+                self._ended(None)
 
     # -- the body stream the connection feeds (see HttpRequest.body_stream)
     def feed(self, data: bytes) -> None:
@@ -441,9 +500,14 @@ class AsgiConsumer(HttpConsumer):
             await self._wait()
         return {"type": "http.disconnect"}
 
-    async def asgi_send(self, message: Message) -> None:
+    def asgi_send(self, message: Message) -> Awaitable[None]:
         """Take an ``http.response.start``, ``http.response.body`` or
-        ``http.response.trailers`` event."""
+        ``http.response.trailers`` event.
+
+        The event is handled (and written) in the call, which returns what the app awaits:
+        a done future, or, while the client is slow to read, the connection's drain (as
+        granian's send does, an awaitable rather than a coroutine: no frame per event).
+        """
         if self._lost:
             raise ClientDisconnected("the client went away")
         if self._finished and not self._complete:
@@ -456,12 +520,14 @@ class AsgiConsumer(HttpConsumer):
             if self._start is not None:
                 raise RuntimeError("http.response.start sent twice")
             status = message["status"]
-            line = _status_line(status)
-            block, length, close = _encode_headers(message.get("headers", ()))
+            line = _status_lines.get(status) if type(status) is int else None
+            if line is None:
+                line = _status_line(status)
+            block, length, close = _response_headers(message.get("headers", ()))
             self._start = (status, line, block, length, close)
             if message.get("trailers", False):
                 self._trailers = True
-            return
+            return self._done
         if kind == "http.response.body":
             start = self._start
             if start is None:
@@ -488,23 +554,22 @@ class AsgiConsumer(HttpConsumer):
                     if deadlines is not None:
                         deadlines.running.discard(self)
                     self.end_request()
-                    return
+                    return self._done
                 self._head = head
                 if length is None:
                     self._counted = 0
+            waiter: Awaitable[None] = self._done
             if body:
                 if self._counted is not None:
                     self._counted += len(body)
-                waiter = self.send_body(body)
-                if waiter:
-                    await waiter
-                    if deadlines is not None:
-                        self._stamp = deadlines.tick
+                written = self.send_body(body)
+                if written:
+                    waiter = written
             if not more:
                 self._body_done = True
                 if not self._trailers:
                     self._finish_response()
-            return
+            return waiter
         if kind == "http.response.trailers":
             if not self._trailers:
                 raise RuntimeError("http.response.trailers sent without trailers in the start")
@@ -516,7 +581,7 @@ class AsgiConsumer(HttpConsumer):
                 self._trailer_block += _encode_trailers(message.get("headers", ()))
             if not message.get("more_trailers", False):
                 self._finish_response()
-            return
+            return self._done
         raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
     def _trailers_go(self, status: int) -> bool:
@@ -687,6 +752,7 @@ class AsgiProtocolFactory(HttpProtocolFactory):
         self.root_path = root_path.rstrip("/")
         self.timeout = timeout
         self._deadlines = _Deadlines(timeout) if timeout else None
+        self._paths: dict[bytes, tuple[str, bytes, bytes]] = {}
         self.lifespan = Lifespan(app, lifespan)
 
     async def startup(self) -> None:
