@@ -144,8 +144,8 @@ class AsgiEcho:
         )
         if path == "/close-4001":
             await send({"type": "websocket.close", "code": 4001, "reason": "bye"})
-        if path == "/slow":  # does not receive until told: back-pressure
-            await asyncio.sleep(1.0)
+        if path == "/slow":  # does not receive for a while: back-pressure
+            await asyncio.sleep(0.3)
         while True:
             message = await receive()
             self.events.append(message)
@@ -541,6 +541,20 @@ def test_compressed_fragments_round_trip(run: Runner) -> None:
             assert await ws.recv() == "".join(parts)
             await ws.send(b"\x00" * 100000)
             assert await ws.recv() == b"\x00" * 100000
+
+    run(main())
+
+
+def test_frames_sent_with_the_handshake_are_kept_for_the_websocket(run: Runner) -> None:
+    async def main() -> None:
+        for serve in (raw_server(), asgi_server(AsgiEcho())):
+            async with serve as server:
+                first = client_frame(0x1, b"eager") + client_frame(0x2, b"client")
+                reader, writer, head = await open_raw(server, handshake() + first)
+                assert head.startswith(b"HTTP/1.1 101 ")
+                assert await asyncio.wait_for(read_frame(reader), 5) == (0x1, b"eager")
+                assert await asyncio.wait_for(read_frame(reader), 5) == (0x2, b"client")
+                writer.close()
 
     run(main())
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import os
 import zlib
 from collections import deque
@@ -517,7 +518,8 @@ class WebSocketConsumer(ProtocolConsumer):
                     self._data_frame(frame)
                 elif opcode == PING:
                     if self._close_sent is None:
-                        self._write(encode_frame(PONG, frame[3]))
+                        with contextlib.suppress(ClientDisconnected):
+                            self._write(encode_frame(PONG, frame[3]))
                 elif opcode == PONG:
                     self._pong_received(frame[3])
                 else:
@@ -741,7 +743,7 @@ class WebSocketConsumer(ProtocolConsumer):
             payload = self._ping_payload = os.urandom(4)
             try:
                 self._write(encode_frame(PING, payload))
-            except ConnectionError:
+            except ClientDisconnected:
                 return
             timeout = self.settings.ping_timeout
             if timeout and self._loop is not None:
