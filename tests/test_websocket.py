@@ -700,6 +700,29 @@ def fastapi_app() -> FastAPI:
     return app
 
 
+def test_lifespan_state_reaches_websocket_scopes(run: Runner) -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, str]]:
+        yield {"greeting": "hello from lifespan"}
+
+    async def greet(websocket: StarletteWebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(websocket.state.greeting)
+        await websocket.close()
+
+    async def main() -> None:
+        app = Starlette(routes=[WebSocketRoute("/ws", greet)], lifespan=lifespan)
+        factory = asgi_protocol_factory(app, lifespan="on")
+        await factory.startup()
+        try:
+            async with serving(app, factory=factory) as server, connect(url(server)) as ws:
+                assert await ws.recv() == "hello from lifespan"
+        finally:
+            await factory.shutdown()
+
+    run(main())
+
+
 def test_starlette_and_fastapi_websocket_echo(run: Runner) -> None:
     async def main() -> None:
         async with asgi_server(starlette_app()) as server, connect(url(server)) as ws:
