@@ -512,9 +512,6 @@ class AsgiConsumer(HttpConsumer):
             raise ClientDisconnected("the client went away")
         if self._finished and not self._complete:
             raise RuntimeError("the server has already answered (the app failed or timed out)")
-        deadlines = self._deadlines
-        if deadlines is not None:
-            self._stamp = deadlines.tick
         kind = message["type"]
         if kind == "http.response.start":
             if self._start is not None:
@@ -528,6 +525,9 @@ class AsgiConsumer(HttpConsumer):
             if message.get("trailers", False):
                 self._trailers = True
             return self._done
+        deadlines = self._deadlines
+        if deadlines is not None:
+            self._stamp = deadlines.tick
         if kind == "http.response.body":
             start = self._start
             if start is None:
@@ -547,13 +547,18 @@ class AsgiConsumer(HttpConsumer):
                 head = self.frame(status, line, block, length, None, close)
                 if not more and not self._trailers and length == len(body):
                     # The usual answer: head and whole body in one write, then done.
-                    self._write_raw(head if self._no_body or not body else head + body)
+                    connection = self._connection
+                    transport = connection._transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(head if self._no_body or not body else head + body)
                     self._head_sent = True
                     self._length_left = None
                     self._body_done = self._complete = True
                     if deadlines is not None:
                         deadlines.running.discard(self)
-                    self.end_request()
+                    if not self._keep:
+                        connection.close_after_request()
+                    self.finished()
                     return self._done
                 self._head = head
                 if length is None:
