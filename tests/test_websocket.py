@@ -630,6 +630,20 @@ def test_asgi_close_before_accept_is_403_and_denial_response(run: Runner) -> Non
     run(main())
 
 
+def test_asgi_app_that_never_accepts_is_answered_500(run: Runner) -> None:
+    async def silent(scope: Scope, receive: Any, send: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        factory = asgi_protocol_factory(silent, lifespan="off", timeout=0.2)
+        async with serving(silent, factory=factory) as server:
+            with pytest.raises(InvalidStatus) as failed:
+                await connect(url(server))
+            assert failed.value.response.status_code == 500
+
+    run(main())
+
+
 def test_asgi_app_close_with_code(run: Runner) -> None:
     async def main() -> None:
         async with asgi_server(AsgiEcho()) as server, connect(url(server, "/close-4001")) as ws:
