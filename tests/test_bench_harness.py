@@ -221,17 +221,20 @@ def test_rows_are_interleaved_round_robin_and_every_round_has_one_run_per_row(
 def test_noisy_runs_are_redone_at_most_max_redo_times_then_kept_and_flagged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    shares = {"a": [0.30, 0.20, 0.01], "b": [0.40, 0.40, 0.40, 0.40]}
+    shares = {"a": [0.30, 0.20, 0.01], "b": [0.40, 0.40, 0.40, 0.40], "c": [0.3, 0.1, 0.2]}
 
     def measure_once(suite: Any, case: Any, s: Any, extras: Any) -> dict[str, Any]:
         s.run_seconds.append(0.01)
         return fake_run(10.0, 0, outside=shares[case.name].pop(0))
 
     monkeypatch.setattr(run, "measure_once", measure_once)
-    suite = suite_of(["a", "b"])
+    suite = suite_of(["a", "b", "c"])
     s = settings(runs=1, max_redo=2)
-    s.planned = 2
-    a, b = run.run_suite(suite, suite.cases, s, lambda _m: None)
+    s.planned = 3
+    a, b, c = run.run_suite(suite, suite.cases, s, lambda _m: None)
+    # All three attempts noisy: the least disturbed one is kept.
+    assert [r["outside_share"] for r in c["runs"]] == [0.1] and c["runs"][0]["attempt"] == 2
+    assert sorted(r["outside_share"] for r in c["rejected_noisy"]) == [0.2, 0.3]
     assert [r["outside_share"] for r in a["runs"]] == [0.01]
     assert [r["outside_share"] for r in a["rejected_noisy"]] == [0.30, 0.20]
     assert a["noisy_kept"] == 0
@@ -257,6 +260,26 @@ def test_no_redo_once_the_time_budget_is_spent(monkeypatch: pytest.MonkeyPatch) 
     s.started = time.monotonic()
     rows = run.run_suite(suite, suite.cases, s, lambda _m: None)
     assert len(attempts) == 4 and all(len(row["runs"]) == 2 for row in rows)
+
+
+def test_a_failed_redo_keeps_the_noisy_run_it_was_redoing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outcomes: list[float | None] = [0.5, None]
+
+    def measure_once(suite: Any, case: Any, s: Any, extras: Any) -> dict[str, Any]:
+        share = outcomes.pop(0)
+        if share is None:
+            raise run.harness.BenchError("wrk exited 1")
+        return fake_run(10.0, 0, outside=share)
+
+    monkeypatch.setattr(run, "measure_once", measure_once)
+    suite = suite_of(["a"])
+    s = settings(runs=1)
+    s.planned = 1
+    (row,) = run.run_suite(suite, suite.cases, s, lambda _m: None)
+    assert [r["outside_share"] for r in row["runs"]] == [0.5]
+    assert row["failures"] == ["wrk exited 1"] and row["median"] is not None
 
 
 def test_a_row_that_fails_twice_is_not_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -387,6 +387,27 @@ def method(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def outside_summary(results: dict[str, Any]) -> str:
+    """One line on how busy the machine was with other work while we measured."""
+    meta = results["meta"]
+    shares = [
+        float(run["outside_share"])
+        for suite in results["suites"]
+        for row in suite["rows"]
+        for run in row.get("runs") or []
+        if "outside_share" in run
+    ]
+    if not shares:
+        return "No run completed."
+    noisy = sum(1 for share in shares if share > float(meta["max_outside"]))
+    return (
+        f"Outside load (other processes' share of the benchmark's cores) over the "
+        f"{len(shares)} kept runs: median {statistics.median(shares):.0%}, max "
+        f"{max(shares):.0%}; {noisy} kept run(s) above the {float(meta['max_outside']):.0%} "
+        f"threshold, {meta.get('redone', 0)} run(s) redone."
+    )
+
+
 CHARTS = {"tcp": "echo.png", "http1": "http.png", "pool": "client.png", "ws": "ws.png"}
 
 
@@ -402,6 +423,8 @@ def render(results: dict[str, Any]) -> str:
         f"{meta['warmup']} s warm-up, {meta['connections']} connections; the whole run took "
         f"{meta['elapsed_s']:.0f} s). Generated file: rerun the command rather than editing "
         "it. Every run is in [results.json](results.json).",
+        "",
+        outside_summary(results),
         "",
         "## Targets",
         "",

@@ -565,11 +565,15 @@ class RowState:
 def measure_slot(
     row: RowState, round_no: int, settings: Settings, log: Callable[[str], None]
 ) -> None:
-    """Run ``round_no`` of one row: measured again while outside load is too high (bounded)."""
+    """Run ``round_no`` of one row: measured again while outside load is too high (bounded).
+
+    When the redos run out (``--max-redo``, or the time budget) and every
+    attempt was noisy, the least disturbed attempt is the one kept; the
+    others go to the rejected list.
+    """
     suite, case = row.suite, row.case
-    attempt = 0
+    attempts: list[dict[str, Any]] = []
     while True:
-        attempt += 1
         try:
             result: dict[str, Any] = dict(measure_once(suite, case, settings, row.extras))
         except harness.NotServed as exc:
@@ -580,25 +584,27 @@ def measure_slot(
             text = str(exc).strip() or repr(exc)
             row.failures.append(text)
             log(f"  {case.name}: run {round_no} FAILED: {text.splitlines()[0][:200]}")
-            return
+            break
         result["round"] = round_no
-        result["attempt"] = attempt
+        result["attempt"] = len(attempts) + 1
         noisy = float(result["outside_share"]) > settings.max_outside
         result["noisy"] = noisy
-        figure = result[suite.metric]
+        attempts.append(result)
         log(
-            f"  r{round_no} {case.name:<36} {figure:7.2f} us/{suite.unit}  "
+            f"  r{round_no} {case.name:<36} {result[suite.metric]:7.2f} us/{suite.unit}  "
             f"{result['rps']:>9,.0f}/s  outside {result['outside_share']:5.1%}"
             f"{'  errors ' + str(result['errors']) if result['errors'] else ''}"
             f"{'  lost ' + str(result['lost']) if result['lost'] else ''}"
             f"{'  noisy' if noisy else ''}"
         )
-        if noisy and attempt <= settings.max_redo and settings.may_redo():
-            row.rejected.append(result)
-            settings.redone += 1
-            continue
-        row.runs.append(result)
+        if not (noisy and len(attempts) <= settings.max_redo and settings.may_redo()):
+            break
+        settings.redone += 1
+    if not attempts:
         return
+    kept = min(attempts, key=lambda r: float(r["outside_share"]))
+    row.runs.append(kept)
+    row.rejected.extend(r for r in attempts if r is not kept)
 
 
 def summarise(row: RowState, command: str) -> dict[str, Any]:
