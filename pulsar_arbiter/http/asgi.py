@@ -58,7 +58,7 @@ from .consumer import HttpConsumer
 from .factory import HttpProtocolFactory
 from .limits import Limits
 from .rules import FORBIDDEN_TRAILERS
-from .wire import CONTINUE, status_line
+from .wire import CONTINUE, date_header, status_line
 
 __all__ = [
     "AsgiConsumer",
@@ -117,6 +117,8 @@ _status_lines: dict[int, bytes] = {}
 # Encoded response header blocks by their fields: an app that sends the same headers for
 # many responses (a constant list, or equal ones) has them encoded and checked once.
 _header_blocks: dict[tuple[Any, ...], tuple[bytes, int | None, bool]] = {}
+# Response heads up to the Date field, by (status line, header block, Content-Length).
+_head_prefixes: dict[tuple[bytes, bytes, int], bytes] = {}
 
 
 class LifespanError(Exception):
@@ -410,7 +412,7 @@ class AsgiConsumer(HttpConsumer):
 
             if serve_websocket(self, scope):
                 return
-        loop: asyncio.AbstractEventLoop = connection._loop  # type: ignore[assignment]
+        loop: asyncio.AbstractEventLoop = connection._loop
         deadlines = factory._deadlines
         if deadlines is not None:
             self._deadlines = deadlines
@@ -460,7 +462,7 @@ class AsgiConsumer(HttpConsumer):
             waiter.set_result(None)
 
     async def _wait(self) -> None:
-        waiter = self._wakeup = self._connection._loop.create_future()  # type: ignore[union-attr]
+        waiter = self._wakeup = self._connection._loop.create_future()
         try:
             await waiter
         finally:
@@ -544,7 +546,33 @@ class AsgiConsumer(HttpConsumer):
                         length = None  # chunked: the trailer section ends the body
                 if length is None and not more and not self._send_trailers:
                     length = len(body)
-                head = self.frame(status, line, block, length, None, close)
+                request = self._request
+                if (
+                    type(self) is AsgiConsumer  # a subclass may hook frame() (access log)
+                    and request.simple  # HTTP/1.1, kept alive, not HEAD
+                    and length is not None
+                    and status >= 200
+                    and status != 204
+                    and status != 304
+                    and not close
+                    and request.complete
+                    and not self._connection._drain_close
+                ):
+                    # What frame() makes of the usual response, with its unchanging part
+                    # cached: status line, headers and Content-Length.
+                    key = (line, block, length)
+                    prefix = _head_prefixes.get(key)
+                    if prefix is None:
+                        if len(_head_prefixes) >= CACHE_SIZE:
+                            _head_prefixes.clear()
+                        prefix = _head_prefixes[key] = b"%scontent-length: %d\r\n" % (
+                            line + block,
+                            length,
+                        )
+                    head = prefix + date_header() + b"\r\n"
+                    self._length_left = length
+                else:
+                    head = self.frame(status, line, block, length, None, close)
                 if not more and not self._trailers and length == len(body):
                     # The usual answer: head and whole body in one write, then done.
                     connection = self._connection
