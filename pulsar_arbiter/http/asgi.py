@@ -13,7 +13,8 @@ The scope follows the HTTP spec 2.x: ``path`` is percent-decoded (UTF-8) and, li
 ``raw_path``, begins with ``root_path`` (``--root-path``: the prefix a proxy stripped, as
 uvicorn does; the spec derives ``PATH_INFO`` by stripping ``root_path`` from ``path``);
 header names are lowercased; ``state`` is a shallow copy of the lifespan's;
-``extensions`` offers ``http.response.trailers``.
+``extensions`` offers ``http.response.trailers`` (one dict shared by every scope: apps
+read it, none should write it).
 
 ``send()`` takes ``http.response.start`` then ``http.response.body`` events; it waits
 while the client is slow to read, and raises ``ClientDisconnected`` (an ``OSError``) once
@@ -33,14 +34,25 @@ together).
 A silent app is bounded by ``timeout`` (``--asgi-timeout``, 60 s by default; 0: none): an
 app that has neither received a body part nor sent an event for that long is cancelled.
 Before its response has started it is answered 500; after, its connection is aborted, so
-the client sees a cut response instead of a hang (uvicorn and granian leave such an app
-running for ever, and the keep-alive timeout does not apply to a request in progress). A
+the client sees a cut response instead of a hang (uvicorn has no such bound, and our
+keep-alive timeout does not apply to a request in progress; ``--timeout`` only watches the
+worker's loop). A
 response that sends nothing while the client does not read counts as silent too. A
 long-lived stream (server-sent events, long polling) must send something (an SSE comment)
 more often than the timeout, or run with ``--asgi-timeout 0``. The deadlines are checked
 by one periodic sweep per worker (every quarter of the timeout, only while requests are
 in progress), so an app is cancelled between ``timeout`` and 1.25 x ``timeout`` after it
 went silent, and a request costs no timer of its own.
+
+Cost per request (a keep-alive GET answered in one body event): one task (frameworks
+need ``asyncio.current_task()``), which runs the app in a wrapper that ends the request
+itself (no done callback); no timer (the sweep above); the scope is a copy of a
+per-connection template, with the path parts of repeated targets cached per factory;
+``send()`` is a plain method that writes in the call and returns a done future, or the
+connection's drain while the client is slow (an awaitable, as granian's is, not a
+coroutine); header blocks are encoded once per distinct set of headers, and the usual head
+(HTTP/1.1 kept alive, a length) is a cached prefix plus the Date field, written with the
+body in one ``write``.
 
 Lifespan (:class:`Lifespan`): ``startup()`` runs the app's lifespan scope up to
 ``lifespan.startup.complete``; its ``state`` dict is copied into every request's scope.
