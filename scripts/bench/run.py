@@ -9,7 +9,7 @@ nginx-light with apt-get when they are missing, creates the peers' venv in
 scripts/bench/.peers/ (uvicorn with websockets and wsproto, granian,
 matplotlib - never the project's dependencies), measures every row, and
 writes docs/benchmarks/README.md (tables, targets, machine facts, exact
-commands), results.json (every run) and echo.png / http.png / asgi.png.
+commands), results.json (every run) and echo.png, http.png, client.png, ws.png.
 
 How a table is measured, and why:
 
@@ -793,6 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cbuild.build(name)
     tools = peers.ensure_system_tools(log)
     env = peers.ensure_peers(log)
+    core = core_versions()
+    log(f"default environment: {core['compiled']}\nPULSAR_ARBITER_PURE=1: {core['pure']}")
     settings = Settings(
         runs=args.runs,
         duration=args.duration,
@@ -841,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     results["meta"] = {
         **peers.machine_facts(tools, env),
-        "core": core_versions(),
+        "core": core,
         "mode": "quick" if args.quick else "full",
         "command": "python scripts/bench/run.py" + (" --quick" if args.quick else ""),
         "argv": list(sys.argv[1:] if argv is None else argv),
