@@ -1,5 +1,8 @@
 """pulsar_arbiter: a multiprocess, actor-style server runtime with the pulsar API."""
 
+# First: with PULSAR_ARBITER_PURE set, importing _core makes the modules below load from
+# their .py sources even when the compiled core (mypyc) is installed beside them.
+from . import _core  # noqa: F401  # isort: skip
 from .clients import AbstractClient, AbstractUdpClient, Pool, PoolConnection
 from .events import AbstractEvent, Event, EventHandler, OneTime
 from .ipc.actor import command, get_actor, send

@@ -46,7 +46,8 @@ def raise_nofile_limit() -> tuple[int, int] | None:
 
 
 def version_text() -> str:
-    """``--version``: ours, Python's, the event loop's and the core's (the library)."""
+    """``--version``: ours, Python's, the event loop's, the libraries', and which
+    per-request core is loaded (compiled with mypyc, or pure Python and why)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def of(name: str) -> str:
@@ -55,10 +56,27 @@ def version_text() -> str:
         except PackageNotFoundError:
             return "not installed"
 
+    from ._core import core_description
+
     python = f"{platform.python_implementation()} {platform.python_version()}"
     return (
         f"{PROG} {of('pulsar-arbiter')} (Python {python}; uvloop {of('uvloop')}; "
-        f"core: httptools {of('httptools')}, watchfiles {of('watchfiles')})"
+        f"core: httptools {of('httptools')}, watchfiles {of('watchfiles')}; "
+        f"per-request core: {core_description()})"
+    )
+
+
+def core_notice() -> str | None:
+    """The one line logged at start when the compiled core is not the one loaded."""
+    from ._core import core_description, is_compiled, pure_forced
+
+    if is_compiled():
+        return None
+    if pure_forced():
+        return f"per-request core: {core_description()}"
+    return (
+        f"per-request core: {core_description()}; reinstall with a C compiler and the "
+        "Python headers for the compiled one"
     )
 
 
@@ -108,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{PROG}: error: --error-log/--access-log: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    notice = core_notice()
+    if notice is not None:
+        LOGGER.info(notice)
     raised = raise_nofile_limit()
     if raised is not None:
         LOGGER.info("raised the open files limit (RLIMIT_NOFILE) from %d to %d", *raised)

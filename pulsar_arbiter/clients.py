@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from .protocols import Connection, Producer, ProtocolFactory, PulsarProtocol
 
 __all__ = [
@@ -47,6 +49,7 @@ ABORT_TIMEOUT = 1.0
 C = TypeVar("C")
 
 
+@mypyc_attr(native_class=False)
 class PoolClosedError(RuntimeError):
     """The pool was closed: no connection will be given, and waiters are woken with this."""
 
@@ -83,6 +86,9 @@ def _connect_error(exc: OSError, address: Any) -> OSError | None:
     except Exception:
         return None
     error.__dict__.update(exc.__dict__)  # extra attributes (ssl's reason, library, ...)
+    # The cause set here too: the compiled core (mypyc) drops ``raise ... from exc``'s cause
+    # in a coroutine.
+    error.__cause__ = exc
     return error
 
 
@@ -188,6 +194,7 @@ def _mid_request(connection: Any) -> bool:
 _P = TypeVar("_P", bound="_ClientProducer")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _ClientProducer(Producer):
     """What TCP and UDP clients share: the protocols they opened, and closing them."""
 
@@ -199,9 +206,19 @@ class _ClientProducer(Producer):
         max_requests: int | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        self._check_implemented()
         super().__init__(loop, protocol_factory, name, max_requests, logger)
         self._connections: set[PulsarProtocol] = set()
         self._closed = False
+
+    def _check_implemented(self) -> None:
+        """Refuse an instance whose class left an abstract method out: ABCMeta does it in
+        pure Python, not for a subclass of the compiled core (mypyc), so it is said here."""
+
+    def _refuse_abstract(self, method: str) -> None:
+        raise TypeError(
+            f"Can't instantiate abstract class {type(self).__name__} with abstract method {method}"
+        )
 
     @property
     def connections(self) -> frozenset[PulsarProtocol]:
@@ -276,6 +293,7 @@ class _ClientProducer(Producer):
         await self.close()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AbstractClient(_ClientProducer, metaclass=abc.ABCMeta):
     """A producer of outgoing stream connections (TCP, or Unix for a path address).
 
@@ -287,6 +305,10 @@ class AbstractClient(_ClientProducer, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     async def connect(self) -> Any:
         """Open a new connection to the client's server."""
+
+    def _check_implemented(self) -> None:
+        if type(self).connect is AbstractClient.connect:
+            self._refuse_abstract("connect")
 
     async def create_connection(
         self, address: Any, protocol_factory: ProtocolFactory | None = None, **kw: Any
@@ -325,6 +347,7 @@ class AbstractClient(_ClientProducer, metaclass=abc.ABCMeta):
         return await self._connected(protocol, address)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AbstractUdpClient(_ClientProducer, metaclass=abc.ABCMeta):
     """A producer of datagram endpoints, each a ``DatagramProtocol`` (or subclass).
 
@@ -336,6 +359,10 @@ class AbstractUdpClient(_ClientProducer, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     async def create_endpoint(self) -> Any:
         """Open a new datagram endpoint."""
+
+    def _check_implemented(self) -> None:
+        if type(self).create_endpoint is AbstractUdpClient.create_endpoint:
+            self._refuse_abstract("create_endpoint")
 
     async def create_datagram_endpoint(
         self, protocol_factory: ProtocolFactory | None = None, **kw: Any
@@ -363,6 +390,7 @@ class AbstractUdpClient(_ClientProducer, metaclass=abc.ABCMeta):
         return await self._connected(protocol, target)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _Slot:
     """Handed to a waiter instead of a connection: "a slot is free, create one"."""
 
@@ -372,6 +400,7 @@ class _Slot:
 _SLOT = _Slot()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Pool(Generic[C]):
     """An asynchronous pool of at most ``pool_size`` open connections made by ``creator``.
 
@@ -622,6 +651,8 @@ class Pool(Generic[C]):
 _CHECKED_OUT, _RELEASED, _DETACHED = "checked out", "released", "detached"
 
 
+# A proxy (__getattr__/__setattr__ to its connection): a regular class under mypyc too.
+@mypyc_attr(native_class=False)
 class PoolConnection(Generic[C]):
     """A connection checked out of a :class:`Pool`; attribute access goes to the connection.
 

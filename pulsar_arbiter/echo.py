@@ -6,11 +6,14 @@ endpoint each datagram is answered to its sender.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from .protocols import ProtocolConsumer
 
 __all__ = ["Echo"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Echo(ProtocolConsumer):
     """Answer every chunk of bytes with the same bytes."""
 

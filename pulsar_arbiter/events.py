@@ -8,9 +8,12 @@ must cost a dictionary lookup and nothing more.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 __all__ = ["AbstractEvent", "Event", "EventHandler", "OneTime"]
 
@@ -50,6 +53,7 @@ def _task_done(name: str, callback: Callback) -> Callable[[asyncio.Task[Any]], N
     return done
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AbstractEvent:
     """What one-time and many-times events share: a name and an ordered list of callbacks.
 
@@ -92,6 +96,7 @@ class AbstractEvent:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Event(AbstractEvent):
     """A many-times event: every fire calls every callback, in binding order.
 
@@ -135,6 +140,7 @@ class Event(AbstractEvent):
         return self.waiter().__await__()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class OneTime(AbstractEvent):
     """An event that fires at most once and can be awaited.
 
@@ -206,6 +212,7 @@ class OneTime(AbstractEvent):
         return asyncio.shield(self.waiter()).__await__()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class EventHandler:
     """Declares events by name and fires them.
 
@@ -214,11 +221,16 @@ class EventHandler:
     ``(arg, **kw)`` where ``arg`` defaults to the object that fired the event.
     """
 
-    ONE_TIME_EVENTS: tuple[str, ...] = ()
-    MANY_TIMES_EVENTS: tuple[str, ...] = ()
+    ONE_TIME_EVENTS: ClassVar[tuple[str, ...]] = ()
+    MANY_TIMES_EVENTS: ClassVar[tuple[str, ...]] = ()
 
-    _one_time_names: frozenset[str] = frozenset()
-    _many_times_names: frozenset[str] = frozenset()
+    # The class's names (set per class by __init_subclass__), then the instance's own when
+    # its constructor added some: class-level state is a ClassVar and per-instance state an
+    # instance attribute, so the compiled core (mypyc) keeps the same behaviour.
+    _one_time_names: ClassVar[frozenset[str]] = frozenset()
+    _many_times_names: ClassVar[frozenset[str]] = frozenset()
+    _own_one_time_names: frozenset[str] | None = None
+    _own_many_times_names: frozenset[str] | None = None
     _events: dict[str, AbstractEvent] | None = None
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -226,6 +238,13 @@ class EventHandler:
         super().__init_subclass__(**kwargs)
         cls._one_time_names = frozenset(cls.ONE_TIME_EVENTS)
         cls._many_times_names = frozenset(cls.MANY_TIMES_EVENTS)
+        # A producer's ``protocol_factory`` declared as a plain function in a class body
+        # stays a plain function when read from an instance (pulsar's style). Made explicit
+        # for the compiled core, where Python code reads that class attribute rather than
+        # the instance's. Here, not in Producer: mypyc does not chain __init_subclass__.
+        factory = vars(cls).get("protocol_factory")
+        if inspect.isfunction(factory):
+            setattr(cls, "protocol_factory", staticmethod(factory))  # noqa: B010
 
     def __init__(
         self,
@@ -235,9 +254,19 @@ class EventHandler:
     ) -> None:
         self._loop = loop
         if one_time_events:
-            self._one_time_names = self._one_time_names | frozenset(one_time_events)
+            self._own_one_time_names = self._one_time_set() | frozenset(one_time_events)
         if many_times_events:
-            self._many_times_names = self._many_times_names | frozenset(many_times_events)
+            self._own_many_times_names = self._many_times_set() | frozenset(many_times_events)
+
+    def _one_time_set(self) -> frozenset[str]:
+        """The names of this object's one-time events (its class's and its own)."""
+        own = self._own_one_time_names
+        return self._one_time_names if own is None else own
+
+    def _many_times_set(self) -> frozenset[str]:
+        """The names of this object's many-times events (its class's and its own)."""
+        own = self._own_many_times_names
+        return self._many_times_names if own is None else own
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -248,7 +277,7 @@ class EventHandler:
 
     def events(self) -> dict[str, AbstractEvent]:
         """Every declared event, created on demand."""
-        names = self._one_time_names | self._many_times_names
+        names = self._one_time_set() | self._many_times_set()
         return {name: self.event(name) for name in sorted(names)}
 
     def event(self, name: str) -> AbstractEvent:
@@ -258,9 +287,9 @@ class EventHandler:
             events = self._events = {}
         ev = events.get(name)
         if ev is None:
-            if name in self._one_time_names:
+            if name in self._one_time_set():
                 ev = OneTime(name)
-            elif name in self._many_times_names:
+            elif name in self._many_times_set():
                 ev = Event(name)
             else:
                 raise KeyError(f"{type(self).__name__} has no event {name!r}")
@@ -289,7 +318,8 @@ class EventHandler:
             ev = events.get(name)
             if ev is not None:
                 return ev.fire(self if arg is None else arg, **kw)
-        if name in self._many_times_names:
+        own = self._own_many_times_names
+        if name in (self._many_times_names if own is None else own):
             return True
         return self.event(name).fire(self if arg is None else arg, **kw)
 
@@ -302,10 +332,10 @@ class EventHandler:
     def copy_many_times_events(self, other: EventHandler) -> None:
         """Bind here the many-times callbacks of ``other``, for events both declare."""
         for name, ev in (other._events or {}).items():
-            if name in other._many_times_names and ev._handlers and self._declares(name):
+            if name in other._many_times_set() and ev._handlers and self._declares(name):
                 target = self.event(name)
                 for callback in ev._handlers:
                     target.bind(callback)
 
     def _declares(self, name: str) -> bool:
-        return name in self._one_time_names or name in self._many_times_names
+        return name in self._one_time_set() or name in self._many_times_set()

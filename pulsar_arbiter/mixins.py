@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from mypy_extensions import mypyc_attr, trait
+
 __all__ = ["FlowControl", "Timeout"]
 
 
@@ -20,6 +22,8 @@ def _retrieved(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.exception()
 
 
+@trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FlowControl:
     """High/low water marks on the transport's write buffer.
 
@@ -29,6 +33,12 @@ class FlowControl:
     """
 
     _transport: Any
+    _low_limit: int | None
+    _high_limit: int | None
+    # Any, not bool: mypyc (2.4) cannot yet set a trait's bool/float attributes (they
+    # live in a bitmap); Any costs nothing to the pure path.
+    _writing_paused: Any
+    _write_waiter: asyncio.Future[None] | None
 
     def __init__(self, low_limit: int | None = None, high_limit: int | None = None, **kw: Any):
         self._init_flow_control(low_limit, high_limit)
@@ -38,11 +48,11 @@ class FlowControl:
         self._low_limit = low_limit
         self._high_limit = high_limit
         self._writing_paused = False
-        self._write_waiter: asyncio.Future[None] | None = None
+        self._write_waiter = None
 
     @property
     def writing_paused(self) -> bool:
-        return self._writing_paused
+        return bool(self._writing_paused)
 
     def _set_write_limits(self, transport: asyncio.BaseTransport) -> None:
         if self._low_limit is not None or self._high_limit is not None:
@@ -87,6 +97,8 @@ class FlowControl:
             _retrieved(waiter, exc or ConnectionResetError("connection lost while writing"))
 
 
+@trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Timeout:
     """Close a connection idle for more than ``timeout`` seconds.
 
@@ -96,6 +108,9 @@ class Timeout:
 
     _transport: Any
     _loop: asyncio.AbstractEventLoop | None
+    _timeout: float | None
+    _timer: asyncio.TimerHandle | None
+    _last_activity: Any  # see FlowControl._writing_paused
 
     def __init__(self, timeout: float | None = None, **kw: Any):
         self._init_timeout(timeout)
@@ -103,7 +118,7 @@ class Timeout:
 
     def _init_timeout(self, timeout: float | None) -> None:
         self._timeout = timeout if timeout and timeout > 0 else None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = None
         self._last_activity = 0.0
 
     @property

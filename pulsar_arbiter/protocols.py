@@ -13,12 +13,14 @@ connection only and are logged once, never reaching the event loop.
 from __future__ import annotations
 
 import asyncio
+import asyncio.protocols
 import contextlib
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, Generic
+from typing import Any, ClassVar, Generic
 
+from mypy_extensions import mypyc_attr
 from typing_extensions import TypeVar
 
 from .events import AbstractEvent, EventHandler
@@ -70,6 +72,7 @@ def class_default(obj: object, name: str) -> Any:
     return value
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Producer(EventHandler):
     """Creates protocols and consumers; servers and clients are producers.
 
@@ -78,8 +81,13 @@ class Producer(EventHandler):
     ``max_requests`` fires once when ``requests_processed`` reaches ``max_requests``.
     """
 
-    ONE_TIME_EVENTS: tuple[str, ...] = ("max_requests",)
-    MANY_TIMES_EVENTS = ("connection_made", "pre_request", "post_request", "connection_lost")
+    ONE_TIME_EVENTS: ClassVar[tuple[str, ...]] = ("max_requests",)
+    MANY_TIMES_EVENTS: ClassVar[tuple[str, ...]] = (
+        "connection_made",
+        "pre_request",
+        "post_request",
+        "connection_lost",
+    )
 
     #: The default factory of the protocols it creates; a subclass may declare it in its
     #: class body (``protocol_factory = partial(Connection, EchoProtocol)``), as in pulsar.
@@ -141,15 +149,18 @@ class Producer(EventHandler):
             self.fire_event("max_requests", self)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
     """What TCP, Unix and datagram protocols share: events, session, transport, closing.
 
     ``close()`` and ``abort()`` return the ``connection_lost`` event, which can be awaited.
     """
 
-    ONE_TIME_EVENTS: tuple[str, ...] = ("connection_made", "connection_lost")
+    ONE_TIME_EVENTS: ClassVar[tuple[str, ...]] = ("connection_made", "connection_lost")
 
-    _transport: asyncio.BaseTransport | None = None
+    #: Any: the transports are duck-typed (uvloop's are not asyncio's classes), and one
+    #: type along the hierarchy (a stream or a datagram transport) as mypyc requires.
+    _transport: Any = None
     _address: Any = None
 
     def __init__(
@@ -160,7 +171,8 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
         logger: logging.Logger | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(loop or asyncio.get_running_loop(), **kw)
+        # Not super(): mypyc (2.4) passes a super() call's **kw positionally.
+        EventHandler.__init__(self, loop or asyncio.get_running_loop(), **kw)
         self._session = session
         self._producer = producer
         self.logger = logger or (producer.logger if producer is not None else LOGGER)
@@ -178,7 +190,8 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
 
     @property
     def transport(self) -> asyncio.BaseTransport | None:
-        return self._transport
+        transport: asyncio.BaseTransport | None = self._transport
+        return transport
 
     @property
     def sock(self) -> Any:
@@ -247,10 +260,9 @@ class PulsarProtocol(EventHandler, asyncio.BaseProtocol):
         return self.event("connection_lost")
 
 
-class Protocol(FlowControl, PulsarProtocol, asyncio.Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Protocol(PulsarProtocol, FlowControl, asyncio.Protocol):
     """A stream protocol with write flow control."""
-
-    _transport: asyncio.Transport | None
 
     def __init__(
         self,
@@ -291,7 +303,8 @@ class Protocol(FlowControl, PulsarProtocol, asyncio.Protocol):
             await self._writing_waiter()
 
 
-class Connection(Timeout, Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Connection(Protocol, Timeout):
     """One transport, a stream of consumers: one per request, built on demand.
 
     ``timeout`` (default: the producer's ``keep_alive``) closes the connection when it has
@@ -302,10 +315,14 @@ class Connection(Timeout, Protocol):
     boundary (see ``begin_drain``).
     """
 
-    ONE_TIME_EVENTS: tuple[str, ...] = ("connection_made", "connection_lost", "draining")
+    ONE_TIME_EVENTS: ClassVar[tuple[str, ...]] = (
+        "connection_made",
+        "connection_lost",
+        "draining",
+    )
     #: Whether the connection may be handed to another worker by default: a raw consumer
     #: may keep state between requests, so only with the server's ``handoff_raw``.
-    HANDOFF_SAFE = False
+    HANDOFF_SAFE: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -625,6 +642,7 @@ class Connection(Timeout, Protocol):
             self._current_consumer = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ProtocolConsumer(EventHandler, Generic[RequestT]):
     """Consumes one request (server side) or one request/response (client side).
 
@@ -634,8 +652,8 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
     type of its ``request`` (``class Echo(ProtocolConsumer)`` leaves it unchecked).
     """
 
-    ONE_TIME_EVENTS = ("pre_request", "post_request")
-    MANY_TIMES_EVENTS = ("data_received", "data_processed")
+    ONE_TIME_EVENTS: ClassVar[tuple[str, ...]] = ("pre_request", "post_request")
+    MANY_TIMES_EVENTS: ClassVar[tuple[str, ...]] = ("data_received", "data_processed")
 
     _connection: Any = None
     _producer: Producer | None = None
@@ -806,13 +824,21 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
         return EventHandler.has_fired(self, name)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class DatagramProtocol(PulsarProtocol, asyncio.DatagramProtocol):
     """A datagram endpoint: each datagram is one request, served by a fresh consumer."""
 
-    _transport: asyncio.DatagramTransport | None
-
-    def __init__(self, consumer_factory: ConsumerFactory | None = None, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(
+        self,
+        consumer_factory: ConsumerFactory | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        session: int = 1,
+        producer: Producer | None = None,
+        logger: logging.Logger | None = None,
+        **kw: Any,
+    ) -> None:
+        # Not super(): mypyc (2.4) passes a super() call's **kw positionally.
+        PulsarProtocol.__init__(self, loop, session, producer, logger, **kw)
         self._consumer_factory = consumer_factory
         self._writing_paused = False
         self._failed = False

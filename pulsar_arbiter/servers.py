@@ -13,7 +13,9 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from .protocols import (
     Connection,
@@ -55,10 +57,11 @@ def _split_address(address: Any) -> tuple[str | None, int | None, str | None]:
     raise ValueError(f"cannot serve address {address!r}: give (host, port), 'host:port' or a path")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _Server(Producer):
     """What both servers share: sockets, start/stop events, uptime, stats."""
 
-    ONE_TIME_EVENTS: tuple[str, ...] = ("start", "stop", "max_requests")
+    ONE_TIME_EVENTS: ClassVar[tuple[str, ...]] = ("start", "stop", "max_requests")
 
     def __init__(
         self,
@@ -93,7 +96,10 @@ class _Server(Producer):
         """True once ``close()`` has begun: connections are being drained."""
         return self._closing is not None
 
-    draining = closing
+    @property
+    def draining(self) -> bool:
+        """The same as ``closing`` (a name that reads well in a drain's callbacks)."""
+        return self._closing is not None
 
     @property
     def uptime(self) -> float:
@@ -104,6 +110,7 @@ class _Server(Producer):
         self.fire_event("start")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TcpServer(_Server):
     """Serve stream connections (TCP or Unix) with ``protocol_factory``.
 
@@ -169,7 +176,8 @@ class TcpServer(_Server):
                 )
             self._servers.append(bound)
             # Socket-like views (asyncio TransportSocket, uvloop PseudoSocket).
-            self._sockets.extend(bound.sockets)
+            listening: Any = bound  # uvloop's sockets is a list (typeshed says a tuple)
+            self._sockets.extend(listening.sockets)
         self._accepting = True
         self._started()
         self.logger.info("%s serving on %s", self.name, self.address)
@@ -286,6 +294,7 @@ class TcpServer(_Server):
         }
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class DatagramServer(_Server):
     """Serve datagram sockets with ``protocol_factory``: one datagram, one request."""
 

@@ -24,7 +24,17 @@ PACKAGE = "pulsar_arbiter"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 #: Layer of each top-level name in the package, and what each layer may import.
-LIBRARY = {"events", "mixins", "protocols", "servers", "clients", "echo", "proxyproto", "forwarded"}
+LIBRARY = {
+    "events",
+    "mixins",
+    "protocols",
+    "servers",
+    "clients",
+    "echo",
+    "proxyproto",
+    "forwarded",
+    "_core",  # which core is loaded (compiled or pure): imports nothing of ours
+}
 ALLOWED: dict[str, set[str]] = {
     "library": {"library"},
     "ipc": {"ipc"},

@@ -158,7 +158,7 @@ class EchoUdpClientProtocol(EchoUdpProtocol):
         assert self._waiting is None
         d: asyncio.Future[bytes] = asyncio.Future(loop=self._loop)
         self._waiting = d
-        self._transport.sendto(message + self.separator)  # type: ignore[union-attr]
+        self._transport.sendto(message + self.separator)
         return d
 
     def response(self, data: bytes, addr: Any) -> None:
@@ -169,7 +169,7 @@ class EchoUdpClientProtocol(EchoUdpProtocol):
 
 class EchoUdpServerProtocol(EchoUdpProtocol):
     def response(self, data: bytes, addr: Any) -> None:
-        self._transport.sendto(data, addr)  # type: ignore[union-attr]
+        self._transport.sendto(data, addr)
 
 
 class EchoUdp(AbstractUdpClient):

@@ -702,7 +702,7 @@ def test_status_strings() -> None:
     assert _status("404") == (404, b"HTTP/1.1 404 Not Found\r\n")
     for bad in ("OK", "20 OK", "200OK", "099 Low", "200 OK\r\nX: 1", b"200 OK"):
         with pytest.raises(ValueError):
-            _status(bad)  # type: ignore[arg-type]
+            _status(bad)
 
 
 def test_response_headers() -> None:

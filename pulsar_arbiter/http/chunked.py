@@ -19,6 +19,8 @@ from __future__ import annotations
 import enum
 import re
 
+from mypy_extensions import mypyc_attr
+
 from .errors import PeerError
 
 __all__ = ["MAX_CHUNK_LINE", "ChunkedDecoder"]
@@ -66,6 +68,7 @@ class _Step(enum.Enum):
     DONE = "done"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ChunkedDecoder:
     """Reads one chunked body; :meth:`feed` returns what the parser should be given.
 

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from httptools import (
     HttpParserCallbackError,
@@ -42,6 +42,7 @@ from httptools import (
     HttpParserUpgrade,
     HttpRequestParser,
 )
+from mypy_extensions import mypyc_attr
 
 from ..events import AbstractEvent
 from ..protocols import MAX_BUFFERED_PIPELINE, Connection, Handoff, ProtocolConsumer
@@ -72,10 +73,12 @@ HOLD_UPGRADE = 4  # bytes after an upgrade request wait for its answer
 HOLD_ALL = HOLD_PIPELINE | HOLD_STREAM | HOLD_UPGRADE
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _Reject(Exception):
     """Raised inside a parser callback to stop parsing: the peer broke a rule."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpConnection(Connection):
     """An HTTP/1.1 connection: one parser, one :class:`HttpConsumer` per request.
 
@@ -88,9 +91,8 @@ class HttpConnection(Connection):
     for one) the bytes go to the new consumers exactly as on a plain Connection.
     """
 
-    _current_consumer: HttpConsumer | None
     #: HTTP/1.1 keeps no state between requests: a drain hands idle connections off.
-    HANDOFF_SAFE = True
+    HANDOFF_SAFE: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -99,7 +101,8 @@ class HttpConnection(Connection):
         limits: Limits | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(consumer_factory, **kw)
+        # Not super(): mypyc (2.4) passes a super() call's **kw positionally.
+        Connection.__init__(self, consumer_factory, **kw)
         self.http = http
         self.app: Any = http.app if http is not None else None
         self.limits = limits = limits or (http.limits if http is not None else DEFAULT_LIMITS)
@@ -338,7 +341,7 @@ class HttpConnection(Connection):
             # Dispatched when its head arrived (it has a body).
             if request.body_stream is not None:
                 request.body_stream.feed_eof()
-            consumer = self._current_consumer
+            consumer: Any = self._current_consumer  # an HttpConsumer
             if consumer is not None and not consumer._finished:
                 consumer.on_message()
         elif not request.content_length and not request.chunked:
@@ -529,7 +532,7 @@ class HttpConnection(Connection):
         parsing, self._parsing = self._parsing, None
         head = self._is_head()
         if active is not None:
-            consumer = self._current_consumer
+            consumer: Any = self._current_consumer  # an HttpConsumer
             if active is parsing and consumer is not None and not consumer._finished:
                 self._linger_on_close = True
                 self.close_after_request()
@@ -735,7 +738,7 @@ class HttpConnection(Connection):
             and transport.get_extra_info("sslcontext") is None
         ):
             self._peer_eof = True
-            consumer = self._current_consumer
+            consumer: Any = self._current_consumer  # an HttpConsumer
             if consumer is not None:
                 consumer.on_peer_eof()
             return True

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from ..protocols import NO_WRITE, ProtocolConsumer
 from .errors import PeerError
 from .limits import JOIN_BODY_LIMIT
-from .request import INTERNAL_ERROR, HttpRequest, Response
+from .request import INTERNAL_ERROR, Response
 from .wire import (
     CHUNKED_END,
     CONNECTION_CLOSE,
@@ -39,6 +41,7 @@ __all__ = ["HttpConsumer", "RawHttpConsumer"]
 _time = time.time
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpConsumer(ProtocolConsumer):
     """Answers one request of an :class:`HttpConnection`.
 
@@ -51,8 +54,8 @@ class HttpConsumer(ProtocolConsumer):
     which :meth:`end` calls.
     """
 
-    _connection: HttpConnection
-    _request: HttpRequest
+    # _connection (an HttpConnection) and _request (an HttpRequest) keep the base's
+    # declarations (Any): the compiled core (mypyc) needs one type along the hierarchy.
     _head: bytes | None = None
     _head_sent = False
     _chunked = False
@@ -62,7 +65,7 @@ class HttpConsumer(ProtocolConsumer):
     #: Whether the connection answers ``Expect: 100-continue`` when it dispatches the
     #: request; a consumer that sets it False writes ``CONTINUE`` itself, when its app
     #: first asks for the body (the ASGI one does).
-    continue_at_once = True
+    continue_at_once: ClassVar[bool] = True
 
     def on_head(self) -> None:
         """The request line and headers are parsed; the body is on its way."""
@@ -337,7 +340,7 @@ class HttpConsumer(ProtocolConsumer):
     def _write(self, data: bytes) -> tuple[()] | asyncio.Future[None]:
         if not data:
             return NO_WRITE
-        connection = self._connection
+        connection: HttpConnection = self._connection
         transport = connection._transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection closed while answering")
@@ -352,6 +355,7 @@ class HttpConsumer(ProtocolConsumer):
             transport.write(data)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RawHttpConsumer(HttpConsumer):
     """Serves a raw handler: ``handler(request) -> Response`` (or an awaitable of one).
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from httptools import parse_url
+from mypy_extensions import mypyc_attr
 
 from .wire import ResponseHead
 
@@ -37,6 +38,7 @@ class BodyStream(Protocol):
     def fail(self, exc: BaseException) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpRequest:
     """One parsed request: request line, headers and (once complete) body.
 
@@ -184,6 +186,7 @@ class HttpRequest:
         return b", ".join(values).decode("latin-1")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Response:
     """What a raw handler answers: ``body``, ``status`` and ``headers``.
 

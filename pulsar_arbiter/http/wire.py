@@ -11,6 +11,8 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+from mypy_extensions import mypyc_attr
+
 from .limits import JOIN_BODY_LIMIT
 
 __all__ = [
@@ -140,6 +142,7 @@ def _as_bytes(value: str | bytes, what: str) -> bytes:
     return data
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseHead:
     """A Response's status line and headers as bytes, with what framing needs to know.
 

@@ -30,7 +30,9 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from .connection import HOLD_STREAM, HttpConnection
 from .consumer import HttpConsumer
@@ -81,6 +83,7 @@ _status_lines: dict[str, tuple[int, bytes]] = {}
 _header_blocks: dict[Any, tuple[bytes, int | None, bool]] = {}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _ErrorStream:
     """``wsgi.errors``: what the app writes goes to the ``pulsar_arbiter.wsgi`` logger."""
 
@@ -189,8 +192,12 @@ def _unquote(path: bytes) -> bytes:
     return unquote_to_bytes(path)
 
 
-def _status(status: str) -> tuple[int, bytes]:
-    """The code and status line of a WSGI status string such as ``"200 OK"``."""
+def _status(status: Any) -> tuple[int, bytes]:
+    """The code and status line of a WSGI status string such as ``"200 OK"``.
+
+    ``status`` is whatever the app gave (Any: as a compiled ``str`` parameter, bytes would
+    fail with a TypeError before the check below says what is wrong).
+    """
     cached = _status_lines.get(status)
     if cached is not None:
         return cached
@@ -259,11 +266,12 @@ def _encode_headers(headers: list[tuple[str, str]]) -> tuple[bytes, int | None, 
     return result
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WsgiConsumer(HttpConsumer):
     """Runs the connection's WSGI app inline, once the whole request has arrived."""
 
     _response: tuple[int, bytes, bytes, int | None, bool] | None = None
-    multithread = False
+    multithread: ClassVar[bool] = False
 
     def on_message(self) -> None:
         request = self._request
@@ -344,6 +352,7 @@ class WsgiConsumer(HttpConsumer):
         return HttpConsumer._encode_body(self, chunk)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ThreadedWsgiConsumer(WsgiConsumer):
     """Runs the connection's WSGI app in the factory's thread pool.
 
@@ -351,7 +360,7 @@ class ThreadedWsgiConsumer(WsgiConsumer):
     ``wsgi.input``; one without, once complete.
     """
 
-    multithread = True
+    multithread: ClassVar[bool] = True
     _input: Any = None
     _lost = False
     _unsynced = 0
@@ -461,6 +470,7 @@ class ThreadedWsgiConsumer(WsgiConsumer):
         self.body_failed(exc)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WsgiInput:
     """``wsgi.input`` of a threaded app: the body as it arrives, read with blocking calls.
 
