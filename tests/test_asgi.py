@@ -910,3 +910,40 @@ def test_failing_lifespan_startup_is_a_failed_boot(tmp_path: Path) -> None:
         assert log.count("spawned worker") <= 1, "no respawn loop"
     finally:
         arbiter.close()
+
+
+def test_the_silence_sweep_survives_a_failing_timeout(
+    run: Runner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One request whose time-out fails (a bug) is logged; later ones still time out,
+    and a factory served by a second loop sweeps on that loop."""
+    app = App()
+    timed_out = AsgiConsumer._timed_out
+    calls: list[int] = []
+
+    def failing_once(self: AsgiConsumer, timeout: float) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a time-out")
+        timed_out(self, timeout)
+
+    monkeypatch.setattr(AsgiConsumer, "_timed_out", failing_once)
+    factory = asgi_protocol_factory(app, timeout=0.2)
+
+    async def main() -> None:
+        async with serving(app, factory=factory) as server:
+            before = len(calls)
+            _, first = await connect(server)
+            first.write(get("/never"))
+            await wait_for(lambda: len(calls) == before + 1)
+            reader, writer = await connect(server)
+            writer.write(get("/never"))
+            assert (await read_reply(reader)).status == 500
+            writer.close()
+            first.close()
+
+    with caplog.at_level(logging.ERROR):
+        run(main())
+        run(main())  # the same factory on a new loop
+    assert "a bug in a time-out" in caplog.text
+    assert len(calls) >= 3

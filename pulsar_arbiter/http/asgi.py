@@ -339,7 +339,7 @@ class _Deadlines:
     progress, so an idle worker is not woken.
     """
 
-    __slots__ = ("_handle", "interval", "running", "tick", "timeout")
+    __slots__ = ("_handle", "_loop", "interval", "running", "tick", "timeout")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -347,19 +347,29 @@ class _Deadlines:
         self.tick = 0
         self.running: set[AsgiConsumer] = set()
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Sweep from now on, while requests are in progress (``running``)."""
+        """Sweep from now on, while requests are in progress (``running``), on ``loop``
+        (a factory served by a new loop, as tests do, drops the old loop's sweep)."""
+        self._loop = loop
         self._handle = loop.call_later(self.interval, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tick = tick = self.tick + 1
         running = self.running
         expired = [c for c in running if tick - c._stamp > SWEEPS_PER_TIMEOUT]
-        for consumer in expired:
-            running.discard(consumer)
-            consumer._timed_out(self.timeout)
-        self._handle = loop.call_later(self.interval, self._sweep, loop) if running else None
+        self._handle = None
+        try:
+            for consumer in expired:
+                running.discard(consumer)
+                try:
+                    consumer._timed_out(self.timeout)
+                except Exception:  # one request's failure must not stop the sweeps
+                    LOGGER.exception("error timing out %r", consumer)
+        finally:
+            if running and self._loop is loop and not loop.is_closed():
+                self._handle = loop.call_later(self.interval, self._sweep, loop)
 
 
 class AsgiConsumer(HttpConsumer):
@@ -430,7 +440,7 @@ class AsgiConsumer(HttpConsumer):
             self._deadlines = deadlines
             self._stamp = deadlines.tick
             deadlines.running.add(self)
-            if deadlines._handle is None:
+            if deadlines._handle is None or deadlines._loop is not loop:
                 deadlines.start(loop)
         self._task_ = loop.create_task(self._main(connection.app, scope))
 
