@@ -21,9 +21,7 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-#: The per-request path (see docs/design/compiled-core.md for why these and not more:
-#: http/connection.py stays interpreted because its state-machine test replaces the
-#: ``state`` attribute on the class, which compiled code would bypass).
+#: The per-request path (docs/design/compiled-core.md says why these and not more).
 COMPILED = [
     "pulsar_arbiter/events.py",
     "pulsar_arbiter/mixins.py",
@@ -32,6 +30,7 @@ COMPILED = [
     "pulsar_arbiter/clients.py",
     "pulsar_arbiter/echo.py",
     "pulsar_arbiter/http/chunked.py",
+    "pulsar_arbiter/http/connection.py",
     "pulsar_arbiter/http/consumer.py",
     "pulsar_arbiter/http/request.py",
     "pulsar_arbiter/http/state.py",

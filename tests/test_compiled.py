@@ -34,6 +34,7 @@ COMPILED_MODULES = (
     "pulsar_arbiter.clients",
     "pulsar_arbiter.echo",
     "pulsar_arbiter.http.chunked",
+    "pulsar_arbiter.http.connection",
     "pulsar_arbiter.http.consumer",
     "pulsar_arbiter.http.request",
     "pulsar_arbiter.http.state",

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pulsar_arbiter import ProtocolConsumer
+from pulsar_arbiter import ProtocolConsumer, _core
 from pulsar_arbiter.http import (
     HttpConnection,
     HttpConsumer,
@@ -48,6 +49,11 @@ def checked_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[State
     table does not allow fails the test even when it happens inside a parser callback.
     """
     changes: list[tuple[State, State]] = []
+    if _core.is_compiled(sys.modules[HttpConnection.__module__]):
+        # The compiled core writes ``state`` to its native slot, past any property set on
+        # the class, so the changes cannot be recorded here: these tests run in the pure
+        # pass of the suite (PULSAR_ARBITER_PURE=1), on the same source.
+        pytest.skip("state changes are recorded on the pure path only")
 
     def get(self: HttpConnection) -> State:
         return self.__dict__["_checked_state"]  # type: ignore[no-any-return]
