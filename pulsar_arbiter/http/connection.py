@@ -611,6 +611,12 @@ class HttpConnection(Connection):
                 self.data_received(leftover)
 
     # -- consumer lifecycle
+    def _consumer_idle(self) -> bool:
+        """No consumer in progress, read afresh: after ``self._current_consumer = None`` in a
+        method, mypy (and so the compiled core, which checks it) takes the attribute for None
+        even once a call in between has set a new consumer."""
+        return self._current_consumer is None
+
     def _consumer_finished(self, consumer: ProtocolConsumer, exc: BaseException | None) -> None:
         if self.state is UPGRADED:
             Connection._consumer_finished(self, consumer, exc)
@@ -642,8 +648,8 @@ class HttpConnection(Connection):
             self._upgrade_finished(request)
             return
         if self._pending:
-            self._run_pending()
-        if self._current_consumer is None and not self._processing:
+            self._run_pending()  # may start the next consumer
+        if self._consumer_idle() and not self._processing:
             if (self._close_after_request or self._peer_eof) and self._should_close():
                 self.close()
             elif self._draining and self._at_boundary():

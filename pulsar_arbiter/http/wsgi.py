@@ -479,7 +479,8 @@ class WsgiInput:
     unread bytes are buffered the connection stops reading.
     """
 
-    def __init__(self, connection: HttpConnection, initial: bytes, eof: bool) -> None:
+    def __init__(self, connection: Any, initial: bytes, eof: bool) -> None:
+        # connection: an HttpConnection (Any: anything with its limits and read holds).
         self._connection = connection
         self._cond = threading.Condition()
         self._buffer = bytearray(initial)
