@@ -57,11 +57,19 @@ def mypyc_extensions() -> list[Any]:
         return []
     try:
         # Paths relative to the project root, the current directory of every build (mypyc
-        # names the modules from them). Missing third-party stubs in the build's isolated
-        # environment make those names Any; they never fail the build.
-        return list(
-            mypycify(["--ignore-missing-imports", *COMPILED], opt_level="3", group_name=GROUP)
-        )
+        # names the modules from them). The build's isolated environment has none of the
+        # runtime dependencies: their names are Any there, which must not fail the build
+        # (hence the relaxed checks; `mypy --strict` with every dependency runs in CI), and
+        # errors in the modules that are only followed for their types are not ours to
+        # report here.
+        relaxed = [
+            "--ignore-missing-imports",
+            "--follow-imports=silent",
+            "--allow-subclassing-any",
+            "--no-warn-unused-ignores",
+            "--no-warn-return-any",
+        ]
+        return list(mypycify([*relaxed, *COMPILED], opt_level="3", group_name=GROUP))
     except BaseException as exc:  # mypyc exits with SystemExit on type errors
         notice(f"mypyc could not translate the core ({exc!r}): installing the pure-Python core")
         return []

@@ -752,7 +752,7 @@ class FakeConnection:
 
 
 def test_wsgi_input_reads() -> None:
-    stream = WsgiInput(FakeConnection(), b"one\ntwo\nthr", False)  # type: ignore[arg-type]
+    stream = WsgiInput(FakeConnection(), b"one\ntwo\nthr", False)
     stream.feed(b"ee\nfour")
     stream.feed_eof()
     assert stream.readline(2) == b"on"
@@ -766,7 +766,7 @@ def test_wsgi_input_reads() -> None:
 
 def test_wsgi_input_waits_for_bytes_and_fails_cleanly() -> None:
     connection = FakeConnection()
-    stream = WsgiInput(connection, b"", False)  # type: ignore[arg-type]
+    stream = WsgiInput(connection, b"", False)
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(stream.read(6)))
     reader.start()
@@ -782,7 +782,7 @@ def test_wsgi_input_waits_for_bytes_and_fails_cleanly() -> None:
     with pytest.raises(ConnectionResetError):
         stream.read(1)
     slow = FakeConnection(timeout=0.05)
-    timed = WsgiInput(slow, b"", False)  # type: ignore[arg-type]
+    timed = WsgiInput(slow, b"", False)
     with pytest.raises(TimeoutError):
         timed.readline()
     assert slow.holds == ["abort"]
