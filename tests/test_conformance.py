@@ -639,18 +639,26 @@ def asgi_seen(seen: str) -> str:
     return " ".join(parts)
 
 
+async def receive_body(receive: Any) -> bytes | None:
+    """The whole request body an ASGI app receives, or None if the client went first (the
+    request never arrived whole: the server answered the peer itself)."""
+    body: bytes = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 def recording_asgi(seen: list[str], parts: tuple[bytes, ...] = ()) -> Any:
     """An ASGI app that records what it saw and answers ``ok`` (or ``parts``, streamed)."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the request never arrived whole (the server answered the peer)
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await receive_body(receive)
+        if body is None:
+            return
         seen.append(describe_scope(scope, body))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for part in parts:
@@ -921,14 +929,9 @@ def recording_app(mode: str, seen: list[dict[str, str]]) -> Any:
     if mode == "asgi":
 
         async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            body = b""
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return  # the request never arrived whole (the server answered the peer)
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            body = await receive_body(receive)
+            if body is None:
+                return
             record = {"target": scope["path"], "body": body.decode()}
             for name, value in scope["headers"]:
                 record[name.decode()] = value.decode("latin-1")
