@@ -20,6 +20,7 @@ from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 #: The per-request path (docs/design/compiled-core.md says why these and not more).
 COMPILED = [
@@ -41,19 +42,43 @@ COMPILED = [
 GROUP = "pulsar_arbiter._core"
 
 
+#: Left in the installed package when the compiled core was not built, with the reason:
+#: pip hides a build's output unless asked, so ``--version`` reads the reason from here.
+NOT_BUILT = "pulsar_arbiter/_core_not_built.txt"
+#: Why this build installs the pure-Python core (empty while the compiled one is on).
+fallback_reasons: list[str] = []
+
+
 def notice(message: str) -> None:
     print(f"pulsar-arbiter: {message}", file=sys.stderr, flush=True)
+
+
+def fall_back(reason: str) -> None:
+    """Report in one line why the compiled core is not built, and remember it."""
+    notice(f"{reason}: installing the pure-Python core")
+    fallback_reasons[:] = [reason]
+
+
+def record_fallback(package_root: str | Path, *, inplace: bool) -> None:
+    """Write the reason into the package being installed (or remove a stale one)."""
+    roots = [Path(package_root)] + ([Path.cwd()] if inplace else [])
+    for root in roots:
+        path = root / NOT_BUILT
+        if fallback_reasons and path.parent.is_dir():
+            path.write_text(fallback_reasons[0] + "\n", encoding="utf-8")
+        elif not fallback_reasons:
+            path.unlink(missing_ok=True)
 
 
 def mypyc_extensions() -> list[Any]:
     """The mypyc extensions, or none (with a one-line reason) when they cannot be made."""
     if os.environ.get("PULSAR_ARBITER_BUILD_PURE", "") not in ("", "0"):
-        notice("PULSAR_ARBITER_BUILD_PURE is set: installing the pure-Python core")
+        fall_back("PULSAR_ARBITER_BUILD_PURE is set")
         return []
     try:
         from mypyc.build import mypycify
     except ImportError as exc:
-        notice(f"mypyc is not available ({exc}): installing the pure-Python core")
+        fall_back(f"mypyc is not available ({exc})")
         return []
     try:
         # Paths relative to the project root, the current directory of every build (mypyc
@@ -71,7 +96,7 @@ def mypyc_extensions() -> list[Any]:
         ]
         return list(mypycify([*relaxed, *COMPILED], opt_level="3", group_name=GROUP))
     except BaseException as exc:  # mypyc exits with SystemExit on type errors
-        notice(f"mypyc could not translate the core ({exc!r}): installing the pure-Python core")
+        fall_back(f"mypyc could not translate the core ({exc!r})")
         return []
 
 
@@ -87,6 +112,7 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:
             self._fall_back(exc)
+        record_fallback(self.build_lib, inplace=bool(self.inplace))
 
     def build_extensions(self) -> None:
         built: list[str] = []
@@ -101,8 +127,24 @@ class OptionalBuildExt(build_ext):
 
     def _fall_back(self, exc: BaseException) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        notice(f"the compiled core was not built ({first}): installing the pure-Python core")
+        fall_back(f"the C build failed ({first})")
         self.extensions = []
 
 
-setup(ext_modules=mypyc_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+class RecordingBuildPy(build_py):
+    """Copy the package, with the reason when the compiled core is known not to be built.
+
+    build_ext does not run at all when there is nothing to compile (mypyc missing or
+    failing, or ``PULSAR_ARBITER_BUILD_PURE``), so the reason is written here too.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if fallback_reasons:
+            record_fallback(self.build_lib, inplace=bool(getattr(self, "editable_mode", False)))
+
+
+setup(
+    ext_modules=mypyc_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": RecordingBuildPy},
+)

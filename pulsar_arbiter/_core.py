@@ -28,6 +28,8 @@ PACKAGE = __name__.rpartition(".")[0]
 WITNESS = f"{PACKAGE}.protocols"
 #: The shared library of the compiled modules (setup.py's GROUP).
 SHARED_LIBRARY = "_core__mypyc"
+#: Left by setup.py when it installed the pure core, with the reason (setup.py's NOT_BUILT).
+NOT_BUILT = "_core_not_built.txt"
 
 
 def pure_forced() -> bool:
@@ -93,7 +95,16 @@ def core_description() -> str:
         return f"pure Python ({PURE_ENV} set)"
     if _built():
         return "pure Python (the compiled modules did not load)"
-    return "pure Python (not built)"
+    return f"pure Python (not built: {_why_not_built()})"
+
+
+def _why_not_built() -> str:
+    """The reason setup.py recorded, or what an install from a plain copy means."""
+    try:
+        reason = (Path(__file__).resolve().parent / NOT_BUILT).read_text(encoding="utf-8")
+    except OSError:
+        return "installed without a build step"
+    return reason.strip().splitlines()[0] if reason.strip() else "no reason recorded"
 
 
 install()
