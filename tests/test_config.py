@@ -440,6 +440,14 @@ def test_ctl_reads_its_flags_from_the_registry() -> None:
     assert "--control-socket" in parser.format_help()
 
 
+def test_gunicorn_log_file_flags_are_aliases() -> None:
+    """gunicorn's ``--access-logfile -`` and ``--error-logfile`` work as they do there."""
+    assert load_config(["--access-logfile", "-"]).access_log == "-"
+    assert load_config(["--error-logfile", "-"]).error_log == "-"
+    cfg = load_config(["--access-log", "-", "--error-log", "-"])
+    assert (cfg.access_log, cfg.error_log) == ("-", "-")
+
+
 def test_gunicorn_access_logformat_is_an_alias(capsys: pytest.CaptureFixture[str]) -> None:
     """gunicorn's ``--access-logformat`` sets ``--access-log-format``; a bad value names
     our flag, and --help lists both."""

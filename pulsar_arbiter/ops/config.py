@@ -885,6 +885,7 @@ class Config:
     )
     access_log: str | None = setting(
         "--access-log",
+        "--access-logfile",  # gunicorn's name
         convert=optional(path),
         metavar="FILE",
         help="access log file, '-' for stdout; off by default",
@@ -892,6 +893,7 @@ class Config:
     )
     error_log: str | None = setting(
         "--error-log",
+        "--error-logfile",  # gunicorn's name
         convert=optional(path),
         default="-",
         metavar="FILE",
