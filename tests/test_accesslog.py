@@ -3,6 +3,7 @@ of --asgi requests in a real process."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import json
@@ -10,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import websockets
 
 from pulsar_arbiter.ops.accesslog import (
     DEFAULT_ACCESS_FORMAT,
@@ -152,3 +154,38 @@ def test_asgi_requests_are_logged_with_status_bytes_and_duration(tmp_path: Path)
     ]
     assert seen[3][:4] == ("GET", "/boom", "", 500) and seen[3][4] > 0
     assert all(r["duration_us"] > 0 and r["remote_addr"] == "127.0.0.1" for r in lines)
+
+
+def test_a_websocket_session_is_one_line_its_101_handshake(tmp_path: Path) -> None:
+    """The upgrade's request line with status 101, and no second line when the session
+    ends (the WebSocket consumer is not a raw connection to log by its peer)."""
+    access = tmp_path / "access.log"
+    args = ("--http", "--access-log", str(access))
+    server = Arbiter(tmp_path, "examples.websocket_echo:app", *args, workers=1).start()
+    try:
+        server.wait_serving()
+
+        async def echo() -> object:
+            async with websockets.connect(f"ws://{HOST}:{server.port}/ws") as ws:
+                await ws.send("hi")
+                return await asyncio.wait_for(ws.recv(), 5.0)
+
+        assert asyncio.run(asyncio.wait_for(echo(), 10.0)) == "hi"
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=5)
+        try:
+            conn.request("GET", "/")
+            assert conn.getresponse().read()
+        finally:
+            conn.close()
+        wait_until(
+            lambda: access.exists() and '"GET / HTTP/1.1" 200' in access.read_text(),
+            5.0,
+            "the request after the session logged",
+        )
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(15.0) == 0
+    finally:
+        server.close()
+    lines = access.read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert '"GET /ws HTTP/1.1" 101' in lines[0] and '"GET / HTTP/1.1" 200' in lines[1], lines

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ..forwarded import ForwardedResolver
+from ..http.websocket import WebSocketConsumer
 from ..ops.accesslog import AccessFormatter, AccessRecord
 
 __all__ = ["AccessLog", "proxy_headers_handler", "proxy_headers_wsgi", "recording_consumer"]
@@ -68,6 +69,8 @@ class AccessLog:
 
     def _post_request(self, consumer: Any, exc: BaseException | None = None, **kw: Any) -> None:
         started = self._started.pop(consumer, None)
+        if isinstance(consumer, WebSocketConsumer):
+            return  # the session's line is its handshake's, "GET /ws ..." 101, already written
         duration = time.perf_counter() - started if started is not None else 0.0
         request = getattr(consumer, "_request", None)
         if request is None or not hasattr(request, "method"):
