@@ -27,7 +27,8 @@ class BuildError(RuntimeError):
 def build(name: str) -> pathlib.Path:
     """Return the path of ``c/bin/<name>``, compiling ``c/<name>.c`` if needed.
 
-    The binary is rebuilt when it is missing or older than its source.  The
+    The binary is rebuilt when it is missing or older than its source or a
+    header beside it (``loadgen.h`` is shared by the load generators).  The
     compiler writes to a temporary name that is then renamed into place, so a
     concurrent build or an interrupted one never leaves a half-written binary
     that a later run would execute.
@@ -36,7 +37,8 @@ def build(name: str) -> pathlib.Path:
     if not source.is_file():
         raise BuildError(f"no C source {source}")
     binary = BIN_DIR / name
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    newest = max(path.stat().st_mtime for path in (source, *C_DIR.glob("*.h")))
+    if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     gcc = shutil.which("gcc")
     if gcc is None:

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen.h"
+
 #define PATTERN_SPAN 251u   /* prime: consecutive messages differ */
 #define MAX_EVENTS 256
 #define READ_BUF (256 * 1024)
@@ -51,53 +53,6 @@
 #define WRITES_PER_CALL 64
 #define UDP_MAX_PAYLOAD 65507
 #define UDP_SCAN_NS 5000000ull
-
-/* ---- latency histogram ------------------------------------------------ */
-/* Log-linear buckets: values < 2^SUB_BITS are exact, above that each power
- * of two is split into 2^(SUB_BITS-1) buckets, so the relative error of a
- * reported percentile is below 1 %.  Constant memory, exact counts. */
-#define SUB_BITS 7
-#define SUB_COUNT (1u << SUB_BITS)
-#define HALF_SUB (SUB_COUNT / 2u)
-#define MAX_EXP 40 /* 2^41 ns ~ 36 min: far above any deadline */
-#define HIST_BUCKETS ((MAX_EXP + 1) * HALF_SUB + SUB_COUNT)
-
-static uint64_t hist[HIST_BUCKETS];
-static uint64_t hist_total;
-
-static unsigned hist_index(uint64_t v) {
-    if (v < SUB_COUNT) return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    unsigned e = msb - SUB_BITS + 1u;
-    if (e > MAX_EXP) return HIST_BUCKETS - 1u;
-    return e * HALF_SUB + (unsigned)(v >> e);
-}
-
-static double hist_value(unsigned idx) {
-    if (idx < SUB_COUNT) return (double)idx;
-    unsigned e = idx / HALF_SUB - 1u;
-    uint64_t mantissa = idx - e * HALF_SUB;
-    uint64_t lo = mantissa << e;
-    return (double)lo + (double)(1ull << e) / 2.0; /* bucket midpoint */
-}
-
-static void hist_add(uint64_t v) {
-    hist[hist_index(v)]++;
-    hist_total++;
-}
-
-static double hist_percentile(double p) {
-    if (hist_total == 0) return 0.0;
-    double exact = p * (double)hist_total;
-    uint64_t rank = (uint64_t)exact;
-    if ((double)rank < exact || rank < 1) rank++; /* ceil without libm */
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += hist[i];
-        if (seen >= rank) return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1u);
-}
 
 /* ---- options and global state ----------------------------------------- */
 typedef struct {
@@ -140,33 +95,11 @@ static socklen_t server_addrlen;
 
 static uint64_t t_warm_end, t_end;
 static uint64_t n_requests, n_errors, n_lost;
-static volatile sig_atomic_t stop_flag;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* Message m of connection c: a window into a shared random pattern, shifted
  * per message and per connection so stale or crossed bytes are detected. */
 static const uint8_t *msg_bytes(const conn *c, uint64_t m) {
     return pattern + (m + (uint64_t)c->idx * 17u) % PATTERN_SPAN;
-}
-
-static void on_stop_signal(int sig) {
-    (void)sig;
-    stop_flag = 1;
-}
-
-static void on_watchdog(int sig) {
-    (void)sig;
-    static const char line[] =
-        "{\"requests\": 0, \"errors\": 1, \"lost\": 0, \"duration\": 0.0, "
-        "\"rps\": 0.0, \"p50_us\": 0.0, \"p99_us\": 0.0, \"watchdog\": true}\n";
-    ssize_t r = write(STDOUT_FILENO, line, sizeof line - 1);
-    (void)r;
-    _exit(3);
 }
 
 static void usage(const char *prog) {
@@ -217,34 +150,6 @@ static int parse_args(int argc, char **argv) {
         return -1;
     }
     return 0;
-}
-
-static int resolve(void) {
-    memset(&server_addr, 0, sizeof server_addr);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&server_addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&server_addr;
-    if (inet_pton(AF_INET, opt.host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)opt.port);
-        server_addrlen = sizeof *a4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, opt.host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)opt.port);
-        server_addrlen = sizeof *a6;
-        return 0;
-    }
-    fprintf(stderr, "echo_client: --host must be a numeric IPv4/IPv6 address\n");
-    return -1;
-}
-
-static void raise_fd_limit(int needed) {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-    if (rl.rlim_cur >= (rlim_t)needed) return;
-    rl.rlim_cur = rl.rlim_max < (rlim_t)needed ? rl.rlim_max : (rlim_t)needed;
-    setrlimit(RLIMIT_NOFILE, &rl);
 }
 
 /* ---- connection bookkeeping ------------------------------------------- */
@@ -516,32 +421,14 @@ static int setup(void) {
     return 0;
 }
 
-static void install_signals(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-    sa.sa_handler = on_stop_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = on_watchdog;
-    sigaction(SIGALRM, &sa, NULL);
-    /* Watchdog: warmup + duration + 1 s grace, whatever happens. */
-    double limit = opt.warmup + opt.duration + 1.0;
-    struct itimerval it;
-    memset(&it, 0, sizeof it);
-    it.it_value.tv_sec = (time_t)limit;
-    it.it_value.tv_usec = (suseconds_t)((limit - (double)(time_t)limit) * 1e6);
-    setitimer(ITIMER_REAL, &it, NULL);
-}
-
 int main(int argc, char **argv) {
     if (parse_args(argc, argv) != 0) {
         usage(argv[0]);
         return 1;
     }
-    if (resolve() != 0) return 1;
-    install_signals();
+    if (resolve_numeric("echo_client", opt.host, opt.port, &server_addr, &server_addrlen) != 0)
+        return 1;
+    install_signals(opt.warmup + opt.duration + 1.0); /* warmup + duration + 1 s grace */
     raise_fd_limit(opt.connections + 16);
     if (setup() != 0) return 1;
 
@@ -592,12 +479,8 @@ int main(int argc, char **argv) {
             next_scan = now + UDP_SCAN_NS;
         }
     }
-    struct itimerval off;
-    memset(&off, 0, sizeof off);
-    setitimer(ITIMER_REAL, &off, NULL); /* done: the watchdog must not fire now */
-    now = now_ns();
-    if (now > t_end) now = t_end;
-    double measured = now > t_warm_end ? (double)(now - t_warm_end) / 1e9 : 0.0;
+    cancel_watchdog();
+    double measured = measured_seconds(t_warm_end, t_end);
     double rps = measured > 0.0 ? (double)n_requests / measured : 0.0;
     printf("{\"requests\": %llu, \"errors\": %llu, \"lost\": %llu, \"duration\": %.6f, "
            "\"rps\": %.3f, \"p50_us\": %.3f, \"p99_us\": %.3f}\n",

@@ -47,50 +47,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen.h"
+
 #define MAX_EVENTS 256
 #define HANDSHAKE_MAX 4096
 #define FRAME_HEADER_MAX 14 /* 2 + 8 (length) + 4 (mask) */
 #define READS_PER_EVENT 16
 
-/* ---- latency histogram (the same log-linear one as echo_client.c) ------ */
-#define SUB_BITS 7
-#define SUB_COUNT (1u << SUB_BITS)
-#define HALF_SUB (SUB_COUNT / 2u)
-#define MAX_EXP 40
-#define HIST_BUCKETS ((MAX_EXP + 1) * HALF_SUB + SUB_COUNT)
-
-static uint64_t hist[HIST_BUCKETS];
-static uint64_t hist_total;
-
-static unsigned hist_index(uint64_t v) {
-    if (v < SUB_COUNT) return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    unsigned e = msb - SUB_BITS + 1u;
-    if (e > MAX_EXP) return HIST_BUCKETS - 1u;
-    return e * HALF_SUB + (unsigned)(v >> e);
-}
-
-static double hist_value(unsigned idx) {
-    if (idx < SUB_COUNT) return (double)idx;
-    unsigned e = idx / HALF_SUB - 1u;
-    uint64_t mantissa = idx - e * HALF_SUB;
-    return (double)(mantissa << e) + (double)(1ull << e) / 2.0;
-}
-
-static double hist_percentile(double p) {
-    if (hist_total == 0) return 0.0;
-    double exact = p * (double)hist_total;
-    uint64_t rank = (uint64_t)exact;
-    if ((double)rank < exact || rank < 1) rank++;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += hist[i];
-        if (seen >= rank) return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1u);
-}
-
-/* ---- options and state ------------------------------------------------- */
 typedef struct {
     const char *host;
     const char *path;
@@ -130,14 +93,7 @@ static socklen_t server_addrlen;
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint64_t t_warm_end, t_end;
 static uint64_t n_requests, n_errors, n_handshakes;
-static volatile sig_atomic_t stop_flag;
 static int refused_reported;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t next_random(void) {
     rng ^= rng << 13;
@@ -149,21 +105,6 @@ static uint64_t next_random(void) {
 #define PATTERN_SPAN 251u
 static const uint8_t *msg_bytes(const conn *c, uint64_t m) {
     return pattern + (m + (uint64_t)c->idx * 17u) % PATTERN_SPAN;
-}
-
-static void on_stop_signal(int sig) {
-    (void)sig;
-    stop_flag = 1;
-}
-
-static void on_watchdog(int sig) {
-    (void)sig;
-    static const char line[] =
-        "{\"requests\": 0, \"errors\": 1, \"lost\": 0, \"duration\": 0.0, "
-        "\"rps\": 0.0, \"p50_us\": 0.0, \"p99_us\": 0.0, \"watchdog\": true}\n";
-    ssize_t r = write(STDOUT_FILENO, line, sizeof line - 1);
-    (void)r;
-    _exit(3);
 }
 
 static void usage(const char *prog) {
@@ -210,34 +151,6 @@ static int parse_args(int argc, char **argv) {
         return -1;
     }
     return 0;
-}
-
-static int resolve(void) {
-    memset(&server_addr, 0, sizeof server_addr);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&server_addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&server_addr;
-    if (inet_pton(AF_INET, opt.host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)opt.port);
-        server_addrlen = sizeof *a4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, opt.host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)opt.port);
-        server_addrlen = sizeof *a6;
-        return 0;
-    }
-    fprintf(stderr, "ws_echo_client: --host must be a numeric IPv4/IPv6 address\n");
-    return -1;
-}
-
-static void raise_fd_limit(int needed) {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-    if (rl.rlim_cur >= (rlim_t)needed) return;
-    rl.rlim_cur = rl.rlim_max < (rlim_t)needed ? rl.rlim_max : (rlim_t)needed;
-    setrlimit(RLIMIT_NOFILE, &rl);
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -419,8 +332,7 @@ static int parse_frames(conn *c, uint64_t now) {
             n_errors++;
         else if (in_window(now)) {
             n_requests++;
-            hist[hist_index(now - c->started)]++;
-            hist_total++;
+            hist_add(now - c->started);
         }
         c->seq++;
         if (now < t_end && !stop_flag && send_message(c, now) < 0) return -1;
@@ -551,31 +463,15 @@ static int setup(void) {
     return epfd < 0 ? -1 : 0;
 }
 
-static void install_signals(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-    sa.sa_handler = on_stop_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = on_watchdog;
-    sigaction(SIGALRM, &sa, NULL);
-    double limit = opt.warmup + opt.duration + 1.0;
-    struct itimerval it;
-    memset(&it, 0, sizeof it);
-    it.it_value.tv_sec = (time_t)limit;
-    it.it_value.tv_usec = (suseconds_t)((limit - (double)(time_t)limit) * 1e6);
-    setitimer(ITIMER_REAL, &it, NULL);
-}
-
 int main(int argc, char **argv) {
     if (parse_args(argc, argv) != 0) {
         usage(argv[0]);
         return 1;
     }
-    if (resolve() != 0) return 1;
-    install_signals();
+    if (resolve_numeric("ws_echo_client", opt.host, opt.port, &server_addr, &server_addrlen) !=
+        0)
+        return 1;
+    install_signals(opt.warmup + opt.duration + 1.0);
     raise_fd_limit(opt.connections + 16);
     if (setup() != 0) {
         fprintf(stderr, "ws_echo_client: setup failed (memory or epoll)\n");
@@ -611,12 +507,8 @@ int main(int argc, char **argv) {
     }
     int opened = alive;
     close_all();
-    struct itimerval off;
-    memset(&off, 0, sizeof off);
-    setitimer(ITIMER_REAL, &off, NULL);
-    now = now_ns();
-    if (now > t_end) now = t_end;
-    double measured = now > t_warm_end ? (double)(now - t_warm_end) / 1e9 : 0.0;
+    cancel_watchdog();
+    double measured = measured_seconds(t_warm_end, t_end);
     double rps = measured > 0.0 ? (double)n_requests / measured : 0.0;
     printf("{\"requests\": %llu, \"errors\": %llu, \"lost\": 0, \"duration\": %.6f, "
            "\"rps\": %.3f, \"p50_us\": %.3f, \"p99_us\": %.3f, \"handshakes\": %llu}\n",
