@@ -100,9 +100,14 @@ def core_description() -> str:
 
 def _why_not_built() -> str:
     """The reason setup.py recorded, or what an install from a plain copy means."""
+    here = Path(__file__).resolve().parent
     try:
-        reason = (Path(__file__).resolve().parent / NOT_BUILT).read_text(encoding="utf-8")
+        reason = (here / NOT_BUILT).read_text(encoding="utf-8")
     except OSError:
+        if (here.parent / "pyproject.toml").is_file():
+            # Imported from a checkout (the current directory comes first on sys.path):
+            # a regular install compiled its own copy in site-packages, not this one.
+            return f"imported from the source tree {here.parent}; pip install -e . compiles it"
         return "installed without a build step"
     return reason.strip().splitlines()[0] if reason.strip() else "no reason recorded"
 

@@ -198,6 +198,16 @@ def test_install_without_a_compiler_is_the_pure_core_and_serves(tmp_path: Path) 
     assert "per-request core: pure Python (not built: the C build failed (" in version.stdout, (
         version
     )
+    # Run inside the checkout, the checkout's own (unbuilt) package is the one imported.
+    in_checkout = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pulsar_arbiter", "--version"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "(not built: imported from the source tree" in in_checkout.stdout, in_checkout
     site = subprocess.run(
         [python_bin, "-c", "import pulsar_arbiter.protocols as p; print(p.__file__)"],
         cwd=tmp_path,
