@@ -25,7 +25,7 @@ import os
 import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -685,6 +685,14 @@ class PoolConnection(Generic[C]):
     @property
     def pool(self) -> Pool[C]:
         return self._pool
+
+    @property
+    def current_consumer(self) -> Any:
+        """The connection's ``current_consumer``, the one attribute a client reads on every
+        request: found on the class, not through ``__getattr__``, whose fallback costs
+        a failed lookup and an AttributeError each time. The same result, and the same
+        AttributeError (then from ``__getattr__``) for a connection without it."""
+        return cast(Any, self.connection).current_consumer
 
     @property
     def connection(self) -> C:

@@ -529,7 +529,11 @@ class Connection(Protocol, Timeout):
                         consumer.connection_made(self)
                 if not consumer._started:
                     consumer.start()
-                left = consumer._feed(data) if consumer._events else consumer.data_received(data)
+                events = consumer._events
+                if events is not None and ("data_received" in events or "data_processed" in events):
+                    left = consumer._feed(data)
+                else:  # nobody watches the data: awaiting on_finished makes _events non-empty
+                    left = consumer.data_received(data)
                 if not left:
                     break
                 if consumer is self._current_consumer:
@@ -706,6 +710,11 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
     @property
     def on_finished(self) -> AbstractEvent:
         """The ``post_request`` event: await it for the end of the request."""
+        events = self._events
+        if events is not None:
+            ev = events.get("post_request")
+            if ev is not None:
+                return ev
         return self.event("post_request")
 
     @property
@@ -729,8 +738,14 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
             raise RuntimeError(f"{self!r} has no connection: cannot start a request")
         self._started = True
         self._request = request
-        if self._events:
-            self.fire_event("pre_request")
+        events = self._events
+        if events is not None:
+            # The event itself, not fire_event(): a consumer subclassed in Python pays a
+            # method lookup per call. One not created yet has nobody bound; event()
+            # fires it on creation (ProtocolConsumer.event).
+            ev = events.get("pre_request")
+            if ev is not None:
+                ev.fire(self)
         producer = self._producer
         if producer is not None:
             events = producer._events
@@ -751,7 +766,7 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
 
     def _feed(self, data: bytes) -> bytes | None:
         events = self._events
-        if events:
+        if events is not None and ("data_received" in events or "data_processed" in events):
             self.fire_event("data_received", data=data)
             left = self.data_received(data)
             self.fire_event("data_processed", data=data)
@@ -777,11 +792,14 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
         connection = self._connection
         if connection is not None:
             connection._consumer_finished(self, exc)
-        if self._events:
-            if exc is not None:
-                self.fire_event("post_request", exc=exc)
-            else:
-                self.fire_event("post_request")
+        events = self._events
+        if events is not None:
+            ev = events.get("post_request")  # as in start(): created on demand, fired then
+            if ev is not None:
+                if exc is not None:
+                    ev.fire(self, exc=exc)
+                else:
+                    ev.fire(self)
         producer = self._producer
         if producer is not None:
             events = producer._events
