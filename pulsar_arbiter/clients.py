@@ -734,7 +734,7 @@ class PoolConnection(Generic[C]):
         tb: TracebackType | None,
     ) -> None:
         """``with conn:`` (pulsar's form) as ``async with``: release, or drop if broken."""
-        if isinstance(exc, _BROKEN) and self._state == _CHECKED_OUT:
+        if exc is not None and isinstance(exc, _BROKEN) and self._state == _CHECKED_OUT:
             _shut(self.detach(), abort=True)
         else:
             self.close()

@@ -33,7 +33,8 @@ _background_tasks: set[asyncio.Task[Any]] = set()
 def _call(name: str, callback: Callback, arg: Any, kw: dict[str, Any]) -> None:
     """Call one callback; its failure is logged and never reaches the other callbacks."""
     try:
-        result = callback(arg, **kw)
+        # Without keywords, a plain call: no dict to copy for ``**kw``.
+        result = callback(arg, **kw) if kw else callback(arg)
     except Exception:
         LOGGER.exception("callback %r of event %r failed", callback, name)
         return
@@ -114,8 +115,12 @@ class Event(AbstractEvent):
         self._waiters: list[asyncio.Future[Any]] | None = None
 
     def fire(self, arg: Any, **kw: Any) -> bool:
-        for callback in tuple(self._handlers):
-            _call(self.name, callback, arg, kw)
+        handlers = self._handlers
+        if len(handlers) == 1:  # the usual case: no copy (the callback is taken first)
+            _call(self.name, handlers[0], arg, kw)
+        elif handlers:
+            for callback in tuple(handlers):  # a copy: callbacks may (un)bind
+                _call(self.name, callback, arg, kw)
         waiters = self._waiters
         if waiters:
             self._waiters = None

@@ -715,7 +715,8 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
             ev = events.get("post_request")
             if ev is not None:
                 return ev
-        return self.event("post_request")
+        # Not self.event(): no method lookup for a consumer subclassed in Python.
+        return ProtocolConsumer.event(self, "post_request")
 
     @property
     def finished_ok(self) -> bool:
@@ -749,8 +750,12 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
         producer = self._producer
         if producer is not None:
             events = producer._events
-            if events and "pre_request" in events:
-                producer.fire_event("pre_request", self)
+            if events:
+                # The event itself, as fire_event() would find it (one lookup, no
+                # keyword dict): the server's pre/post_request fire on every request.
+                ev = events.get("pre_request")
+                if ev is not None:
+                    ev.fire(self)
         if request is not None:
             self.start_request()
 
@@ -803,8 +808,10 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
         producer = self._producer
         if producer is not None:
             events = producer._events
-            if events and "post_request" in events:
-                producer.fire_event("post_request", self, exc=exc)
+            if events:
+                ev = events.get("post_request")
+                if ev is not None:
+                    ev.fire(self, exc=exc)
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
