@@ -33,8 +33,13 @@ _background_tasks: set[asyncio.Task[Any]] = set()
 def _call(name: str, callback: Callback, arg: Any, kw: dict[str, Any]) -> None:
     """Call one callback; its failure is logged and never reaches the other callbacks."""
     try:
-        # Without keywords, a plain call: no dict to copy for ``**kw``.
-        result = callback(arg, **kw) if kw else callback(arg)
+        # Without keywords (or with only ``exc``), a vectorcall: no dict to copy for ``**kw``.
+        if not kw:
+            result = callback(arg)
+        elif len(kw) == 1 and "exc" in kw:  # post_request and connection_lost: no dict copy
+            result = callback(arg, exc=kw["exc"])
+        else:
+            result = callback(arg, **kw)
     except Exception:
         LOGGER.exception("callback %r of event %r failed", callback, name)
         return

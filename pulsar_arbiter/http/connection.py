@@ -181,7 +181,8 @@ class HttpConnection(Connection):
         request: HttpRequest = self._parsing  # type: ignore[assignment]
         # llhttp drops the whitespace before a value, not after: OWS is no part of it
         # (RFC 9112, 5.1). rstrip returns the same object when there is none.
-        value = value.rstrip(b" \t")
+        if value and value[-1] in (32, 9):  # SP, HTAB: the call only when there is some
+            value = value.rstrip(b" \t")
         if self.state is not HEAD:
             # A field line after the head is a trailer field (of a chunked body).
             self._on_trailer(request, name, value)
