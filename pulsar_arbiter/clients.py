@@ -25,7 +25,7 @@ import os
 import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -687,6 +687,14 @@ class PoolConnection(Generic[C]):
         return self._pool
 
     @property
+    def current_consumer(self) -> Any:
+        """The connection's ``current_consumer``, the one attribute a client reads on every
+        request: found on the class, not through ``__getattr__``, whose fallback costs
+        a failed lookup and an AttributeError each time. The same result, and the same
+        AttributeError (then from ``__getattr__``) for a connection without it."""
+        return cast(Any, self.connection).current_consumer
+
+    @property
     def connection(self) -> C:
         """The pooled connection; RuntimeError once it was given back."""
         if self._state == _RELEASED:
@@ -726,7 +734,7 @@ class PoolConnection(Generic[C]):
         tb: TracebackType | None,
     ) -> None:
         """``with conn:`` (pulsar's form) as ``async with``: release, or drop if broken."""
-        if isinstance(exc, _BROKEN) and self._state == _CHECKED_OUT:
+        if exc is not None and isinstance(exc, _BROKEN) and self._state == _CHECKED_OUT:
             _shut(self.detach(), abort=True)
         else:
             self.close()

@@ -20,6 +20,10 @@ __all__ = ["AbstractEvent", "Event", "EventHandler", "OneTime"]
 LOGGER = logging.getLogger("pulsar_arbiter.events")
 
 Callback = Callable[..., Any]
+# Awaiters of one one-time event from which cancelled ones are dropped: an event awaited
+# with a deadline again and again (a connection's ``connection_lost``) keeps at most about
+# twice as many futures as it has live awaiters.
+_PRUNE_AWAITERS = 16
 
 # Tasks started by coroutine callbacks: asyncio keeps only weak references to tasks, so a
 # callback's task would otherwise be garbage collected mid-flight.
@@ -29,7 +33,13 @@ _background_tasks: set[asyncio.Task[Any]] = set()
 def _call(name: str, callback: Callback, arg: Any, kw: dict[str, Any]) -> None:
     """Call one callback; its failure is logged and never reaches the other callbacks."""
     try:
-        result = callback(arg, **kw)
+        # Without keywords (or with only ``exc``), a vectorcall: no dict to copy for ``**kw``.
+        if not kw:
+            result = callback(arg)
+        elif len(kw) == 1 and "exc" in kw:  # post_request and connection_lost: no dict copy
+            result = callback(arg, exc=kw["exc"])
+        else:
+            result = callback(arg, **kw)
     except Exception:
         LOGGER.exception("callback %r of event %r failed", callback, name)
         return
@@ -110,8 +120,12 @@ class Event(AbstractEvent):
         self._waiters: list[asyncio.Future[Any]] | None = None
 
     def fire(self, arg: Any, **kw: Any) -> bool:
-        for callback in tuple(self._handlers):
-            _call(self.name, callback, arg, kw)
+        handlers = self._handlers
+        if len(handlers) == 1:  # the usual case: no copy (the callback is taken first)
+            _call(self.name, handlers[0], arg, kw)
+        elif handlers:
+            for callback in tuple(handlers):  # a copy: callbacks may (un)bind
+                _call(self.name, callback, arg, kw)
         waiters = self._waiters
         if waiters:
             self._waiters = None
@@ -149,7 +163,7 @@ class OneTime(AbstractEvent):
     fire is ignored: callbacks never run twice.
     """
 
-    __slots__ = ("_arg", "_fired", "_kw", "_waiter")
+    __slots__ = ("_arg", "_awaiters", "_fired", "_kw", "_waiter")
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -157,6 +171,8 @@ class OneTime(AbstractEvent):
         self._arg: Any = None
         self._kw: dict[str, Any] = {}
         self._waiter: asyncio.Future[Any] | None = None
+        # One future per ``await`` still pending (see __await__).
+        self._awaiters: list[asyncio.Future[Any]] | None = None
 
     def fired(self) -> bool:
         return self._fired
@@ -189,6 +205,12 @@ class OneTime(AbstractEvent):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._resolve(waiter)
+        awaiters = self._awaiters
+        if awaiters is not None:
+            self._awaiters = None
+            for future in awaiters:
+                if not future.done():  # not cancelled by its awaiter
+                    self._resolve(future)
         return True
 
     def _resolve(self, waiter: asyncio.Future[Any]) -> None:
@@ -207,9 +229,25 @@ class OneTime(AbstractEvent):
         return self._waiter
 
     def __await__(self) -> Generator[Any, None, Any]:
-        # Shielded: one awaiter cancelled (a wait_for timing out) must not cancel the
-        # shared future that every other awaiter, now or later, waits on.
-        return asyncio.shield(self.waiter()).__await__()
+        # A future of its own per ``await``, never the shared ``waiter()``: one awaiter
+        # cancelled (a wait_for timing out) cancels its own future only, so every other
+        # awaiter, now or later, still sees the firing. It is what asyncio.shield gave,
+        # without shield's second future and its extra loop turn: a client awaits
+        # ``on_finished`` on every request.
+        future = asyncio.get_running_loop().create_future()
+        if self._fired:
+            self._resolve(future)
+            return future.__await__()
+        awaiters = self._awaiters
+        if awaiters is None:
+            self._awaiters = [future]
+        else:
+            count = len(awaiters)
+            if count >= _PRUNE_AWAITERS and count & (count - 1) == 0:
+                # Drop the cancelled ones at each power of two: bounded, amortised O(1).
+                awaiters[:] = [f for f in awaiters if not f.done()]
+            awaiters.append(future)
+        return future.__await__()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -287,7 +325,10 @@ class EventHandler:
             events = self._events = {}
         ev = events.get(name)
         if ev is None:
-            if name in self._one_time_set():
+            # The name sets read here, not through _one_time_set(): one method lookup
+            # less per event for an object of a class subclassed in Python.
+            own = self._own_one_time_names
+            if name in (self._one_time_names if own is None else own):
                 ev = OneTime(name)
             elif name in self._many_times_set():
                 ev = Event(name)

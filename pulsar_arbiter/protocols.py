@@ -529,7 +529,11 @@ class Connection(Protocol, Timeout):
                         consumer.connection_made(self)
                 if not consumer._started:
                     consumer.start()
-                left = consumer._feed(data) if consumer._events else consumer.data_received(data)
+                events = consumer._events
+                if events is not None and ("data_received" in events or "data_processed" in events):
+                    left = consumer._feed(data)
+                else:  # nobody watches the data: awaiting on_finished makes _events non-empty
+                    left = consumer.data_received(data)
                 if not left:
                     break
                 if consumer is self._current_consumer:
@@ -706,7 +710,13 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
     @property
     def on_finished(self) -> AbstractEvent:
         """The ``post_request`` event: await it for the end of the request."""
-        return self.event("post_request")
+        events = self._events
+        if events is not None:
+            ev = events.get("post_request")
+            if ev is not None:
+                return ev
+        # Not self.event(): no method lookup for a consumer subclassed in Python.
+        return ProtocolConsumer.event(self, "post_request")
 
     @property
     def finished_ok(self) -> bool:
@@ -729,13 +739,23 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
             raise RuntimeError(f"{self!r} has no connection: cannot start a request")
         self._started = True
         self._request = request
-        if self._events:
-            self.fire_event("pre_request")
+        events = self._events
+        if events is not None:
+            # The event itself, not fire_event(): a consumer subclassed in Python pays a
+            # method lookup per call. One not created yet has nobody bound; event()
+            # fires it on creation (ProtocolConsumer.event).
+            ev = events.get("pre_request")
+            if ev is not None:
+                ev.fire(self)
         producer = self._producer
         if producer is not None:
             events = producer._events
-            if events and "pre_request" in events:
-                producer.fire_event("pre_request", self)
+            if events:
+                # The event itself, as fire_event() would find it (one lookup, no
+                # keyword dict): the server's pre/post_request fire on every request.
+                ev = events.get("pre_request")
+                if ev is not None:
+                    ev.fire(self)
         if request is not None:
             self.start_request()
 
@@ -751,7 +771,7 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
 
     def _feed(self, data: bytes) -> bytes | None:
         events = self._events
-        if events:
+        if events is not None and ("data_received" in events or "data_processed" in events):
             self.fire_event("data_received", data=data)
             left = self.data_received(data)
             self.fire_event("data_processed", data=data)
@@ -777,16 +797,21 @@ class ProtocolConsumer(EventHandler, Generic[RequestT]):
         connection = self._connection
         if connection is not None:
             connection._consumer_finished(self, exc)
-        if self._events:
-            if exc is not None:
-                self.fire_event("post_request", exc=exc)
-            else:
-                self.fire_event("post_request")
+        events = self._events
+        if events is not None:
+            ev = events.get("post_request")  # as in start(): created on demand, fired then
+            if ev is not None:
+                if exc is not None:
+                    ev.fire(self, exc=exc)
+                else:
+                    ev.fire(self)
         producer = self._producer
         if producer is not None:
             events = producer._events
-            if events and "post_request" in events:
-                producer.fire_event("post_request", self, exc=exc)
+            if events:
+                ev = events.get("post_request")
+                if ev is not None:
+                    ev.fire(self, exc=exc)
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:

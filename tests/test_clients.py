@@ -549,6 +549,34 @@ def test_pool_connection_proxies_releases_and_detaches(run: Runner) -> None:
     run(main())
 
 
+def test_pool_connection_current_consumer_is_the_connections_own(run: Runner) -> None:
+    """current_consumer is found on PoolConnection itself (the per-request hot path) and
+    behaves as the proxied attribute: absent for a connection without one."""
+
+    class Plain:
+        closed = False
+
+    async def plain() -> Plain:
+        return Plain()
+
+    async def main() -> None:
+        server = await line_server()
+        _, pool = await line_pool(server, pool_size=1)
+        async with await pool.connect() as conn:
+            consumer = conn.current_consumer()
+            assert consumer is conn.connection.current_consumer()
+        other: Pool[Plain] = Pool(plain, pool_size=1)
+        async with await other.connect() as held:
+            assert not hasattr(held, "current_consumer")
+            with pytest.raises(AttributeError):
+                held.current_consumer  # noqa: B018
+        await other.close()
+        await pool.close()
+        await server.close(1)
+
+    run(main())
+
+
 def test_async_with_discards_a_connection_after_a_connection_error(run: Runner) -> None:
     async def main() -> None:
         server = await line_server()

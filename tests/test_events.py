@@ -189,6 +189,33 @@ def test_a_cancelled_awaiter_does_not_cancel_the_event(run: Runner) -> None:
     run(main())
 
 
+def test_every_awaiter_of_a_one_time_event_sees_it_and_cancelled_ones_are_dropped(
+    run: Runner,
+) -> None:
+    """Each await has its own future: many awaiters all resume with the argument, one
+    cancelled leaves the others waiting, and abandoned waits do not pile up."""
+
+    async def main() -> None:
+        thing = Thing()
+        event = thing.event("start")
+        for _ in range(100):  # a deadline that keeps expiring, as on connection_lost
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(event, 0)
+        pending = getattr(event, "_awaiters", None) or []
+        assert len(pending) <= 32
+        awaiters = [asyncio.ensure_future(asyncio.wait_for(event, 5)) for _ in range(3)]
+        cancelled = asyncio.ensure_future(asyncio.wait_for(event, 5))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        thing.fire_event("start", "go")
+        assert await asyncio.gather(*awaiters) == ["go", "go", "go"]
+        assert cancelled.cancelled()
+        assert await event == "go"
+
+    run(main())
+
+
 def test_a_many_times_event_awaits_its_next_firing(run: Runner) -> None:
     """Every event is awaitable, with no cast: a many-times one for its next firing."""
 

@@ -181,7 +181,8 @@ class HttpConnection(Connection):
         request: HttpRequest = self._parsing  # type: ignore[assignment]
         # llhttp drops the whitespace before a value, not after: OWS is no part of it
         # (RFC 9112, 5.1). rstrip returns the same object when there is none.
-        value = value.rstrip(b" \t")
+        if value and value[-1] in (32, 9):  # SP, HTAB: the call only when there is some
+            value = value.rstrip(b" \t")
         if self.state is not HEAD:
             # A field line after the head is a trailer field (of a chunked body).
             self._on_trailer(request, name, value)
@@ -268,7 +269,9 @@ class HttpConnection(Connection):
         else:
             self._check_version(request)
         target = request.target
-        if target[0] != 47 or b"#" in target or method == b"CONNECT":  # 47: "/"
+        # 47: "/", 35: "#". An int, not b"#": ``bytes in bytes`` first tries the needle
+        # as an int and raises (then clears) a TypeError, thousands of instructions.
+        if target[0] != 47 or 35 in target or method == b"CONNECT":
             reason = target_error(method, target)
             if reason is not None:
                 raise self._reject(400, reason)

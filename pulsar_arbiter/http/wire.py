@@ -137,7 +137,9 @@ def body_bytes(chunk: object) -> bytes:
 
 def _as_bytes(value: str | bytes, what: str) -> bytes:
     data = value.encode("latin-1") if isinstance(value, str) else bytes(value)
-    if b"\r" in data or b"\n" in data:
+    # Ints (13: CR, 10: LF), not b"\r": ``bytes in bytes`` first tries the needle as an int
+    # and raises (then clears) a TypeError.
+    if 13 in data or 10 in data:
         raise ValueError(f"response {what} contains a line break: {value!r}")
     return data
 
