@@ -17,14 +17,17 @@ import os
 import socket
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
-from ..ops.metrics import DURATION_BUCKETS, DURATION_COUNTS, DURATION_SUM, observe_duration
+from ..ops.metrics import DURATION_BUCKETS, DURATION_COUNTS, DURATION_SUM
 from ..protocols import PulsarProtocol
 from ..servers import DatagramServer, TcpServer
 
 __all__ = ["Traffic", "tcp_bytes"]
+
+_clock = time.perf_counter
 
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received, two u64 at
 # offset 120, present since Linux 4.2; a shorter answer means an older kernel.
@@ -81,14 +84,16 @@ class Traffic:
         base_in, base_out = self._baseline.get(protocol, (0, 0))
         return max(0, received - base_in), max(0, sent - base_out)
 
+    # Two calls per HTTP request, kept to a dict write, a pop and a C bisect (the bucket
+    # observe_duration() finds, without its Python loop).
     def _pre_request(self, consumer: Any, **kw: Any) -> None:
-        self._started[consumer] = time.perf_counter()
+        self._started[consumer] = _clock()
 
     def _post_request(self, consumer: Any, **kw: Any) -> None:
         started = self._started.pop(consumer, None)
         if started is not None:
-            seconds = time.perf_counter() - started
-            observe_duration(self.durations, seconds)
+            seconds = _clock() - started
+            self.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
             self.duration_sum += seconds
 
     def stats(self, servers: Iterable[TcpServer]) -> dict[str, Any]:
