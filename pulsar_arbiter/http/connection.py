@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from .factory import HttpProtocolFactory
 
 __all__ = ["HOLD_ALL", "HOLD_PIPELINE", "HOLD_STREAM", "HOLD_UPGRADE", "HttpConnection"]
+
+_clock = time.perf_counter
 
 # Why reading is paused, besides write back-pressure (flags of HttpConnection._holds).
 HOLD_PIPELINE = 1  # too many requests, or too many body bytes, queued behind the current one
@@ -368,6 +371,7 @@ class HttpConnection(Connection):
         else:
             consumer = producer.build_consumer(factory)  # type: ignore[union-attr, arg-type, assignment]
         self._current_consumer = consumer
+        consumer.started_at = _clock()
         consumer.connection_made(self)
         events = producer._events if producer is not None else None
         if consumer._events or (events and "pre_request" in events):
