@@ -36,6 +36,7 @@ COMPILED = [
     "pulsar_arbiter/http/state.py",
     "pulsar_arbiter/http/wire.py",
     "pulsar_arbiter/http/wsgi.py",
+    "pulsar_arbiter/http/asgi.py",
 ]
 #: One shared library for the group, inside the package (not a top-level module).
 GROUP = "pulsar_arbiter._core"

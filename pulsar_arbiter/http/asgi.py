@@ -65,6 +65,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
+from mypy_extensions import mypyc_attr
+
 from .connection import HOLD_STREAM, HttpConnection
 from .consumer import HttpConsumer
 from .factory import HttpProtocolFactory
@@ -137,6 +139,7 @@ class LifespanError(Exception):
     """The app's lifespan startup (or, with ``lifespan="on"``, support) failed."""
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles subclasses of Exception only
 class ClientDisconnected(ConnectionResetError):
     """Raised by ``send()`` once the client has gone (spec 2.4: an ``OSError``)."""
 
@@ -372,6 +375,7 @@ class _Deadlines:
                 self._handle = loop.call_later(self.interval, self._sweep, loop)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AsgiConsumer(HttpConsumer):
     """Runs the connection's ASGI app for one request, in a task on the loop."""
 
