@@ -71,6 +71,7 @@ from .connection import HOLD_STREAM, HttpConnection
 from .consumer import HttpConsumer
 from .factory import HttpProtocolFactory
 from .limits import Limits
+from .request import HttpRequest
 from .rules import FORBIDDEN_TRAILERS
 from .wire import CONTINUE, date_header, status_line
 
@@ -300,7 +301,7 @@ def _path_parts(request: Any, root_path: str) -> tuple[str, bytes, bytes]:
 
 
 def build_scope(
-    request: Any,
+    request: HttpRequest,
     root_path: str = "",
     state: dict[str, Any] | None = None,
     paths: dict[bytes, tuple[str, bytes, bytes]] | None = None,
@@ -311,10 +312,11 @@ def build_scope(
     that strip it, like Starlette, route the rest); ``state`` is copied (shallow);
     ``paths`` caches the path parts of targets (for one ``root_path``).
     """
-    connection: HttpConnection = request.connection
+    connection = request.connection
     base: _ConnectionState | None = connection.adapter_state
     if base is None:
-        base = connection.adapter_state = _ConnectionState(connection, root_path)
+        base = _ConnectionState(connection, root_path)
+        connection.adapter_state = base
     target = request.target
     parts = paths.get(target) if paths is not None else None
     if parts is None:
@@ -423,22 +425,25 @@ class AsgiConsumer(HttpConsumer):
             self._run()
 
     def _run(self) -> None:
-        connection = self._connection
-        factory: Any = connection.http
-        lifespan: Lifespan = factory.lifespan
+        # Typed locals: the compiled build reads their attributes from the C structs.
+        connection: HttpConnection = self._connection
+        factory: AsgiProtocolFactory = connection.http  # type: ignore[assignment]
+        request: HttpRequest = self._request
+        lifespan = factory.lifespan
         scope = build_scope(
-            self._request,
+            request,
             factory.root_path,
             lifespan.state if lifespan.supported else None,
             factory._paths,
         )
-        self._done = connection.adapter_state.done
-        if not self._request.simple:  # a Connection field: perhaps a WebSocket handshake
+        base: _ConnectionState = connection.adapter_state
+        self._done = base.done
+        if not request.simple:  # a Connection field: perhaps a WebSocket handshake
             from .asgi_websocket import serve_websocket
 
             if serve_websocket(self, scope):
                 return
-        loop: asyncio.AbstractEventLoop = connection._loop
+        loop: asyncio.AbstractEventLoop = connection._loop  # type: ignore[assignment]
         deadlines = factory._deadlines
         if deadlines is not None:
             self._deadlines = deadlines
@@ -540,17 +545,20 @@ class AsgiConsumer(HttpConsumer):
             raise ClientDisconnected("the client went away")
         if self._finished and not self._complete:
             raise RuntimeError("the server has already answered (the app failed or timed out)")
-        kind = message["type"]
+        # Events are dicts (any other mapping is read as one): the compiled build then
+        # reads them with the dict's own lookups.
+        event: dict[str, Any] = message if type(message) is dict else dict(message)
+        kind = event["type"]
         if kind == "http.response.start":
             if self._start is not None:
                 raise RuntimeError("http.response.start sent twice")
-            status = message["status"]
+            status = event["status"]
             line = _status_lines.get(status) if type(status) is int else None
             if line is None:
                 line = _status_line(status)
-            block, length, close = _response_headers(message.get("headers", ()))
+            block, length, close = _response_headers(event.get("headers", ()))
             self._start = (status, line, block, length, close)
-            if message.get("trailers", False):
+            if event.get("trailers", False):
                 self._trailers = True
             return self._done
         deadlines = self._deadlines
@@ -562,8 +570,8 @@ class AsgiConsumer(HttpConsumer):
                 raise RuntimeError("http.response.body sent before http.response.start")
             if self._body_done:
                 raise RuntimeError("http.response.body sent after the response's last body")
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
+            body = event.get("body", b"")
+            more = event.get("more_body", False)
             if self._head is None and not self._head_sent:
                 status, line, block, length, close = start
                 if self._trailers:
@@ -572,7 +580,8 @@ class AsgiConsumer(HttpConsumer):
                         length = None  # chunked: the trailer section ends the body
                 if length is None and not more and not self._send_trailers:
                     length = len(body)
-                request = self._request
+                request: HttpRequest = self._request
+                connection: HttpConnection = self._connection
                 if (
                     type(self) is AsgiConsumer  # a subclass may hook frame() (access log)
                     and request.simple  # HTTP/1.1, kept alive, not HEAD
@@ -582,7 +591,7 @@ class AsgiConsumer(HttpConsumer):
                     and status != 304
                     and not close
                     and request.complete
-                    and not self._connection._drain_close
+                    and not connection._drain_close
                 ):
                     # What frame() makes of the usual response, with its unchanging part
                     # cached: status line, headers and Content-Length.
@@ -601,7 +610,6 @@ class AsgiConsumer(HttpConsumer):
                     head = self.frame(status, line, block, length, None, close)
                 if not more and not self._trailers and length == len(body):
                     # The usual answer: head and whole body in one write, then done.
-                    connection = self._connection
                     transport = connection._transport
                     if transport is not None and not transport.is_closing():
                         transport.write(head if self._no_body or not body else head + body)
@@ -637,8 +645,8 @@ class AsgiConsumer(HttpConsumer):
             if self._complete:
                 raise RuntimeError("http.response.trailers sent after the response completed")
             if self._send_trailers:
-                self._trailer_block += _encode_trailers(message.get("headers", ()))
-            if not message.get("more_trailers", False):
+                self._trailer_block += _encode_trailers(event.get("headers", ()))
+            if not event.get("more_trailers", False):
                 self._finish_response()
             return self._done
         raise RuntimeError(f"unexpected ASGI message {kind!r}")
