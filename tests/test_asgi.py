@@ -235,6 +235,44 @@ def test_scope_and_keep_alive(run: Runner) -> None:
     run(main())
 
 
+def test_each_request_runs_in_a_task_and_a_task_factory_is_used(run: Runner) -> None:
+    """Frameworks need ``asyncio.current_task()`` in the app (anyio, sniffio); without a
+    task factory the task is made directly (named), with one the factory makes it."""
+    seen: list[tuple[asyncio.Task[Any] | None, bool]] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        seen.append((task, task in asyncio.all_tasks()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    made: list[asyncio.Task[Any]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kw)
+        made.append(task)
+        return task
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with asgi_serving(app, lifespan="off") as server:
+            reader, writer = await connect(server)
+            writer.write(get("/"))
+            assert (await read_reply(reader)).body == b"ok"
+            loop.set_task_factory(factory)
+            try:
+                writer.write(get("/"))
+                assert (await read_reply(reader)).body == b"ok"
+            finally:
+                loop.set_task_factory(None)
+            writer.close()
+
+    run(main())
+    (first, first_listed), (second, second_listed) = seen
+    assert first is not None and first_listed and first.get_name() == "pulsar_arbiter.asgi"
+    assert second is not None and second_listed and second in made  # (with wait_for's)
+
+
 def test_request_body_streams_and_response_is_framed(run: Runner) -> None:
     app = App()
 
