@@ -37,6 +37,9 @@ COMPILED = [
     "pulsar_arbiter/http/wire.py",
     "pulsar_arbiter/http/wsgi.py",
     "pulsar_arbiter/http/asgi.py",
+    "pulsar_arbiter/http/asgi_websocket.py",
+    "pulsar_arbiter/http/websocket.py",
+    "pulsar_arbiter/http/wsframes.py",
 ]
 #: One shared library for the group, inside the package (not a top-level module).
 GROUP = "pulsar_arbiter._core"
