@@ -49,10 +49,26 @@ def notice(message: str) -> None:
     print(f"pulsar-arbiter: {message}", file=sys.stderr, flush=True)
 
 
+def remove_stale_extensions() -> None:
+    """Remove compiled modules an earlier build left beside the sources.
+
+    An editable install builds them in place; when a later build falls back to pure
+    Python, the old ones would keep loading (``--version`` saying compiled, with code
+    older than the ``.py`` files).
+    """
+    stale = [Path(GROUP.replace(".", "/")).parent.glob("_core__mypyc.*.so")]
+    stale += [Path(module).parent.glob(Path(module).stem + ".cpython-*.so") for module in COMPILED]
+    for paths in stale:
+        for path in paths:
+            path.unlink(missing_ok=True)
+            notice(f"removed {path}, left by an earlier compiled build")
+
+
 def mypyc_extensions() -> list[Any]:
     """The mypyc extensions, or none (with a one-line reason) when they cannot be made."""
     if os.environ.get("PULSAR_ARBITER_BUILD_PURE", "") not in ("", "0"):
         notice("PULSAR_ARBITER_BUILD_PURE is set: installing the pure-Python core")
+        remove_stale_extensions()
         return []
     try:
         from mypyc.build import mypycify
@@ -76,6 +92,7 @@ def mypyc_extensions() -> list[Any]:
         return list(mypycify([*relaxed, *COMPILED], opt_level="3", group_name=GROUP))
     except BaseException as exc:  # mypyc exits with SystemExit on type errors
         notice(f"mypyc could not translate the core ({exc!r}): installing the pure-Python core")
+        remove_stale_extensions()
         return []
 
 
@@ -107,6 +124,7 @@ class OptionalBuildExt(build_ext):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         notice(f"the compiled core was not built ({first}): installing the pure-Python core")
         self.extensions = []
+        remove_stale_extensions()
 
 
 setup(ext_modules=mypyc_extensions(), cmdclass={"build_ext": OptionalBuildExt})
