@@ -110,6 +110,8 @@ CACHE_SIZE = 512
 # factory (paths repeat: routes, health checks), up to PATH_CACHE_SIZE of them.
 PATH_CACHE_SIZE = 1024
 PATH_CACHE_TARGET = 256
+# The attribute a recording subclass reads the length of a counted body from.
+ANSWER_LENGTH = "answer_length"
 # The name of every request's task (a name given costs less than the unique default).
 TASK_NAME = "pulsar_arbiter.asgi"
 _Task = asyncio.Task
@@ -399,6 +401,7 @@ class AsgiConsumer(HttpConsumer):
     # Body bytes of a response framed without a length (chunked, or up to the close),
     # counted for the access log: ``answer_length`` once the response is complete.
     _counted: int | None = None
+    answer_length: int | None = None
     _complete = False
     _lost = False
     _peer_eof = False
@@ -676,7 +679,9 @@ class AsgiConsumer(HttpConsumer):
     def _finish_response(self) -> None:
         self._complete = True
         if self._counted is not None and not self._no_body:
-            self.answer_length = self._counted
+            # For a subclass that records answers (the access log's, whose own class
+            # attribute of that name would hide a compiled slot): a plain setattr.
+            setattr(self, ANSWER_LENGTH, self._counted)
         deadlines = self._deadlines
         if deadlines is not None:
             # What the app does after its response (background tasks) is not bounded.
