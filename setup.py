@@ -37,6 +37,10 @@ COMPILED = [
     "pulsar_arbiter/http/state.py",
     "pulsar_arbiter/http/wire.py",
     "pulsar_arbiter/http/wsgi.py",
+    "pulsar_arbiter/http/asgi.py",
+    "pulsar_arbiter/http/asgi_websocket.py",
+    "pulsar_arbiter/http/websocket.py",
+    "pulsar_arbiter/http/wsframes.py",
 ]
 #: One shared library for the group, inside the package (not a top-level module).
 GROUP = "pulsar_arbiter._core"
@@ -53,10 +57,26 @@ def notice(message: str) -> None:
     print(f"pulsar-arbiter: {message}", file=sys.stderr, flush=True)
 
 
+def remove_stale_extensions() -> None:
+    """Remove compiled modules an earlier build left beside the sources.
+
+    An editable install builds them in place; when a later build falls back to pure
+    Python, the old ones would keep loading (``--version`` saying compiled, with code
+    older than the ``.py`` files).
+    """
+    stale = [Path(GROUP.replace(".", "/")).parent.glob("_core__mypyc.*.so")]
+    stale += [Path(module).parent.glob(Path(module).stem + ".cpython-*.so") for module in COMPILED]
+    for paths in stale:
+        for path in paths:
+            path.unlink(missing_ok=True)
+            notice(f"removed {path}, left by an earlier compiled build")
+
+
 def fall_back(reason: str) -> None:
     """Report in one line why the compiled core is not built, and remember it."""
     notice(f"{reason}: installing the pure-Python core")
     fallback_reasons[:] = [reason]
+    remove_stale_extensions()
 
 
 def record_fallback(package_root: str | Path, *, inplace: bool) -> None:

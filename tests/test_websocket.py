@@ -273,7 +273,7 @@ def test_handshake_checks_are_pure() -> None:
         def header(self, name: str) -> str | None:
             return None
 
-    assert handshake_error(Request()) == (400, "a WebSocket handshake is a GET, not POST")  # type: ignore[arg-type]
+    assert handshake_error(Request()) == (400, "a WebSocket handshake is a GET, not POST")
 
 
 # ---------------------------------------------------------------------------- frames

@@ -42,20 +42,21 @@ import base64
 import binascii
 import contextlib
 import os
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from wsproto.extensions import Extension, PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from mypy_extensions import mypyc_attr
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token, split_comma_header
 
 from ..protocols import NO_WRITE, ProtocolConsumer
 from .request import Response
 from .state import UPGRADED
+from .wsdeflate import BoundedDeflate
 from .wsframes import (
     BINARY,
     CLOSE,
@@ -144,25 +145,45 @@ class WebSocketSettings:
 DEFAULT_WEBSOCKET = WebSocketSettings()
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles subclasses of Exception only
 class ClientDisconnected(OSError):
     """Sending on a WebSocket whose connection has closed (ASGI: an ``OSError``)."""
 
 
-def _tokens(request: HttpRequest, name: str) -> set[str]:
+class HandshakeRequest(Protocol):
+    """What the handshake checks read of a request: an :class:`HttpRequest`, or any
+    object alike (the checks are pure; the compiled build checks no class here)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def simple(self) -> bool: ...
+
+    @property
+    def has_body(self) -> bool: ...
+
+    def header(self, name: str) -> str | None: ...
+
+
+def _tokens(request: HandshakeRequest, name: str) -> set[str]:
     value = request.header(name)
     if value is None:
         return set()
     return {token.strip().lower() for token in value.split(",")}
 
 
-def is_websocket_request(request: HttpRequest) -> bool:
+def is_websocket_request(request: HandshakeRequest) -> bool:
     """Does the request ask for a WebSocket (``Upgrade: websocket``)? Valid or not."""
     if request.simple:  # no Connection field: not an upgrade
         return False
     return "websocket" in _tokens(request, "upgrade")
 
 
-def handshake_error(request: HttpRequest) -> tuple[int, str] | None:
+def handshake_error(request: HandshakeRequest) -> tuple[int, str] | None:
     """Why ``request`` is not a valid opening handshake, as (status, reason); None if it is.
 
     426 when only the version is wrong (the answer says which one we speak), else 400.
@@ -215,7 +236,7 @@ class Handshake:
     subprotocol: str | None = None
 
 
-def requested_subprotocols(request: HttpRequest) -> list[str]:
+def requested_subprotocols(request: HandshakeRequest) -> list[str]:
     value = request.header("sec-websocket-protocol")
     return split_comma_header(value.encode("latin-1")) if value else []
 
@@ -270,34 +291,6 @@ def head_block(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join(
         name + b": " + value + b"\r\n" for name, value in fields if name != b"connection"
     )
-
-
-class BoundedDeflate(PerMessageDeflate):
-    """Per-message deflate that inflates at most ``limit`` bytes from each read.
-
-    A few kilobytes of compressed zeros inflate to gigabytes (a deflate bomb): bounded
-    here, a message past the limit fails with 1009 before it is in memory, as an
-    uncompressed one does.
-    """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def frame_inbound_payload_data(
-        self, proto: FrameDecoder | FrameProtocol, data: bytes
-    ) -> bytes | CloseReason:
-        decompressor = self._decompressor
-        if not self._inbound_compressed or not self._inbound_is_compressible:
-            return data
-        assert decompressor is not None
-        try:
-            inflated = decompressor.decompress(bytes(data), self.limit + 1)
-        except zlib.error:
-            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
-        if decompressor.unconsumed_tail or len(inflated) > self.limit:
-            return CloseReason.MESSAGE_TOO_BIG
-        return inflated
 
 
 def settings_of(connection: HttpConnection) -> WebSocketSettings:
@@ -367,6 +360,7 @@ def websocket_upgrade(
     return Response(status=101, headers=list(fields))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WebSocketConsumer(ProtocolConsumer):
     """Serves one WebSocket connection, after the handshake; subclass it.
 
@@ -534,9 +528,12 @@ class WebSocketConsumer(ProtocolConsumer):
         if self._extension is not None:
             payload = self._inflate(self._extension, opcode, fin, rsv, payload)
         if opcode == CONTINUATION:
-            opcode = self._message_opcode  # type: ignore[assignment]
-            if opcode is None:
+            # Read into its own Optional local: the compiled build checks an assignment
+            # to the int ``opcode`` before the None test could run.
+            message_opcode = self._message_opcode
+            if message_opcode is None:
                 raise ProtocolError(PROTOCOL_ERROR, "a continuation frame outside a message")
+            opcode = message_opcode
         elif self._message_opcode is not None:
             raise ProtocolError(PROTOCOL_ERROR, "a new message inside another")
         max_size = self.settings.max_size
