@@ -7,6 +7,8 @@ r"""Instructions per request under callgrind: deterministic, unmoved by a busy m
                                                  # that awaits its answers
     python scripts/core_callgrind.py http        # --http testapps.hello:raw, 1 worker
     python scripts/core_callgrind.py http-bare   # scripts/bench/servers/bare_httptools.py
+    python scripts/core_callgrind.py echo        # scripts/bench/servers/pulsar_echo.py (TCP)
+    python scripts/core_callgrind.py echo-bare   # scripts/bench/servers/bare_uvloop_echo.py
 
 Each workload runs twice under ``valgrind --tool=callgrind``, for N1 and N2 requests
 (``N1=2000 N2=6000`` by default); (instructions(N2) - instructions(N1)) / (N2 - N1) is the
@@ -154,6 +156,38 @@ async def http_load(port: int, count: int) -> None:
         transport.close()
 
 
+async def echo_load(port: int, count: int) -> None:
+    """``count`` 100-byte echoes over CONNECTIONS connections, one in flight each."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    answered = [0]
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+            self.pending = len(PAYLOAD)
+            self.transport.write(PAYLOAD)
+
+        def data_received(self, data: bytes) -> None:
+            self.pending -= len(data)
+            if self.pending > 0:
+                return
+            answered[0] += 1
+            if answered[0] + CONNECTIONS <= count:
+                self.pending = len(PAYLOAD)
+                self.transport.write(PAYLOAD)
+            elif answered[0] >= count and not finished.done():
+                finished.set_result(None)
+
+    transports = []
+    for _ in range(CONNECTIONS):
+        transport, _ = await loop.create_connection(Echo, "127.0.0.1", port)
+        transports.append(transport)
+    await asyncio.wait_for(finished, RUN_TIMEOUT)
+    for transport in transports:
+        transport.close()
+
+
 # ------------------------------------------------------------------ the runs (parent)
 def free_port() -> int:
     with socket.socket() as sock:
@@ -229,7 +263,7 @@ def client_run(kind: str, count: int, out: Path) -> int:
         stop(server)
 
 
-def http_run(kind: str, count: int, out: Path) -> int:
+def server_run(kind: str, count: int, out: Path) -> int:
     port = free_port()
     if kind == "http":
         argv = [
@@ -246,9 +280,14 @@ def http_run(kind: str, count: int, out: Path) -> int:
             "warning",
         ]
     else:
+        script = {
+            "http-bare": "bare_httptools.py",
+            "echo": "pulsar_echo.py",
+            "echo-bare": "bare_uvloop_echo.py",
+        }[kind]
         argv = [
             sys.executable,
-            str(REPO / "scripts/bench/servers/bare_httptools.py"),
+            str(REPO / "scripts/bench/servers" / script),
             "--host",
             "127.0.0.1",
             "--port",
@@ -267,7 +306,7 @@ def http_run(kind: str, count: int, out: Path) -> int:
         time.sleep(3.0)  # the worker's start-up done before the counted requests
         import uvloop
 
-        uvloop.run(http_load(port, count))
+        uvloop.run((echo_load if kind.startswith("echo") else http_load)(port, count))
     finally:
         stop(server)
     return totals(out, stem)
@@ -275,14 +314,16 @@ def http_run(kind: str, count: int, out: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("workload", choices=("pool", "bare", "task", "http", "http-bare"))
+    parser.add_argument(
+        "workload", choices=("pool", "bare", "task", "http", "http-bare", "echo", "echo-bare")
+    )
     parser.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     args = parser.parse_args()
     n1, n2 = int(os.environ.get("N1", "2000")), int(os.environ.get("N2", "6000"))
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        run = http_run if args.workload.startswith("http") else client_run
+        run = server_run if args.workload.startswith(("http", "echo")) else client_run
         first, second = run(args.workload, n1, out), run(args.workload, n2, out)
     per_request = (second - first) / (n2 - n1)
     print(f"{args.workload}: {per_request:,.0f} instructions/request (N={n1}, {n2})")
