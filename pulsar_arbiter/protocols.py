@@ -529,11 +529,7 @@ class Connection(Protocol, Timeout):
                         consumer.connection_made(self)
                 if not consumer._started:
                     consumer.start()
-                events = consumer._events
-                if events is not None and ("data_received" in events or "data_processed" in events):
-                    left = consumer._feed(data)
-                else:  # nobody watches the data: awaiting on_finished makes _events non-empty
-                    left = consumer.data_received(data)
+                left = consumer._feed(data)  # data_received, with its events if watched
                 if not left:
                     break
                 if consumer is self._current_consumer:
