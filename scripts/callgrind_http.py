@@ -37,7 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "scripts" / "bench" / "apps"
-PEERS = Path(os.environ.get("PEERS", "/work/main/scripts/bench/.peers"))
+# The peers' venv scripts/bench/run.py creates (scripts/bench/peers.py, PEERS_DIR).
+PEERS = Path(os.environ.get("PEERS", REPO / "scripts" / "bench" / ".peers"))
 HOST = "127.0.0.1"
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 
